@@ -1,0 +1,283 @@
+/*
+ * nasmig.h - the one ABI between QEMU (patched, see qemu-patches/) and
+ * libnasmig.so.  Every constant shared by QEMU, the library, the tools and the
+ * tests is defined here once; Go code reads them through package nasmig/cshim.
+ *
+ * Loading: QEMU's -plugin loader dlopens libnasmig.so with every async signal
+ * blocked, looks up NASMIG_REGISTER_SYMBOL and calls it with the host's
+ * service table.  The library checks the ABI version and fills in its entry
+ * points.  The library also exports qemu_plugin_install/qemu_plugin_version so
+ * it stays a valid TCG plugin.
+ *
+ * Threads: every library entry point below may be called from any QEMU thread
+ * (vCPU, iothread, migration thread, main loop) and from coroutines.  None of
+ * the hot-path entry points (marked HOT) enters the Go runtime: they are plain
+ * C working on memory that Go shares with C outside the Go heap.
+ *
+ * Errors: functions return 0 or a negative errno.  A message for the last
+ * failure is available through nasmig_lib.errmsg.
+ */
+#ifndef NASMIG_H
+#define NASMIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on any incompatible change of the structs or semantics below. */
+#define NASMIG_ABI_VERSION 1
+
+/* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
+#define NASMIG_REGISTER_SYMBOL "nasmig_register"
+
+/* References are whole 4 KiB pages mapped to 4 KiB-aligned disk offsets. */
+#define NASMIG_PAGE_SHIFT 12
+#define NASMIG_PAGE_SIZE (1u << NASMIG_PAGE_SHIFT)
+
+/*
+ * RAM stream: the free flag bit of QEMU's RAM_SAVE_FLAG_* space used for a
+ * disk reference record.  The record is QEMU's usual page header
+ * (be64 offset|flags, then the block idstr unless CONTINUE) followed by
+ * NASMIG_REF_WIRE_SIZE bytes:
+ *
+ *   +--------+-----------+----------------------+---------------------------+
+ *   | u8 ver | u8 disk   | be64 disk byte offset | 16 bytes keyed page hash |
+ *   +--------+-----------+----------------------+---------------------------+
+ *   0        1           2                      10                         26
+ *
+ * ver is NASMIG_REF_WIRE_VERSION; disk indexes the disk table sent in the
+ * "nasmig" setup section.
+ */
+#define NASMIG_RAM_SAVE_FLAG_DISKREF 0x100
+#define NASMIG_REF_WIRE_VERSION 1
+#define NASMIG_REF_WIRE_SIZE 26
+#define NASMIG_HASH_SIZE 16
+
+/* The setup section ("nasmig" savevm section) and its size cap. */
+#define NASMIG_SECTION_NAME "nasmig"
+#define NASMIG_SECTION_VERSION 1
+#define NASMIG_SETUP_MAX_BYTES (1u << 20)
+
+/* Limits of the tables below. */
+#define NASMIG_MAX_DISKS 64
+#define NASMIG_MAX_RAMBLOCKS 64
+#define NASMIG_MAX_PAGES_PER_CALL 64
+
+/* Log levels for nasmig_host.log. */
+enum nasmig_log_level {
+    NASMIG_LOG_ERROR = 0,
+    NASMIG_LOG_WARN = 1,
+    NASMIG_LOG_INFO = 2,
+    NASMIG_LOG_DEBUG = 3,
+};
+
+/*
+ * Services QEMU hands to the library.  All of them are callable from any
+ * thread, including Go threads.
+ */
+struct nasmig_host {
+    uint32_t abi_version; /* NASMIG_ABI_VERSION of the QEMU build */
+    uint32_t struct_size; /* sizeof(struct nasmig_host) of the QEMU build */
+
+    /* Marks [offset, offset+len) of RAM block `ramblock` dirty for migration. */
+    void (*mark_dirty)(uint32_t ramblock, uint64_t offset, uint64_t len);
+
+    /*
+     * Returns the host address of the guest page at `offset` of `ramblock`,
+     * or NULL.  Used to read or fill a guest page.
+     */
+    void *(*page_ptr)(uint32_t ramblock, uint64_t offset);
+
+    /*
+     * Starts an asynchronous read of `len` bytes at byte `offset` of the
+     * destination's disk `disk` (a handle from disk_attach) into `buf`
+     * (memory owned by the library, not Go heap).  On completion QEMU calls
+     * nasmig_lib.read_done(cookie, ret) from its main loop.
+     * Returns: 0 when queued, -ENODEV for an unknown disk.
+     */
+    int (*read_disk)(uint32_t disk, uint64_t offset, void *buf, uint64_t len,
+                     uint64_t cookie);
+
+    /*
+     * Finds the destination's node for a disk described by the source's
+     * disk table.  Returns a handle >= 0, or a negative errno with a message
+     * in err: -ENOENT (no such node), -EINVAL (size differs),
+     * -EOPNOTSUPP (not safe to read while the image is inactive).
+     */
+    int (*disk_attach)(const char *filename, uint64_t size, char *err,
+                       size_t errlen);
+
+    /* Wakes QEMU's main loop (a fill it waits for has finished). */
+    void (*kick)(void);
+
+    /* One log line, when the library logs through QEMU. */
+    void (*log)(int level, const char *msg);
+};
+
+/* One 4 KiB guest page that a completed block read filled from disk. */
+struct nasmig_page_read {
+    uint32_t ramblock;    /* handle from nasmig_lib.ramblock_add */
+    uint32_t reserved;
+    uint64_t ram_offset;  /* page-aligned offset inside the RAM block */
+    uint64_t disk_offset; /* 4 KiB-aligned byte offset on the disk */
+    const void *host;     /* host address of the page */
+};
+
+/* Statistics, both sides.  Monotonic within one migration. */
+struct nasmig_stats {
+    uint64_t mapped_pages;    /* guest pages the map covers now (source) */
+    uint64_t ref_pages;       /* pages sent as references (source) */
+    uint64_t ref_misses;      /* mapped pages whose content changed at send (source) */
+    uint64_t ring_drops;      /* tracking records dropped because the ring was full */
+    uint64_t invalidations;   /* mappings dropped by disk writes */
+    uint64_t fetched_pages;   /* pages filled from shared storage (destination) */
+    uint64_t fetch_reads;     /* coalesced storage reads (destination) */
+    uint64_t fetch_bytes;     /* bytes read from shared storage (destination) */
+    uint64_t verify_failures; /* blocks whose hash did not match (destination) */
+    uint64_t fallbacks;       /* pages re-read after the source's final flush */
+    uint64_t fetch_time_ns;   /* wall time from first reference to last fill */
+    uint64_t pending_pages;   /* fills not finished yet (destination) */
+};
+
+/* The library's entry points, filled in by nasmig_register. */
+struct nasmig_lib {
+    uint32_t abi_version;
+    uint32_t struct_size;
+
+    /* --- tracking (source side; HOT) --- */
+
+    /*
+     * Registers a RAM block; returns its handle (>= 0) or -ENOSPC.
+     * Idempotent for the same idstr.
+     */
+    int (*ramblock_add)(const char *idstr, uint64_t max_length);
+
+    /*
+     * Registers a disk node whose reads land in guest RAM; returns its
+     * handle (>= 0), -EPERM when configuration excludes it, -ENOSPC.
+     * Idempotent for the same node name.
+     */
+    int (*disk_add)(const char *node_name, const char *filename, uint64_t size);
+
+    /*
+     * HOT. A read of `disk` completed into the given guest pages.  The
+     * library hashes each page now (before the guest is told) and queues the
+     * mappings; if *write_gen no longer equals gen_before after the
+     * mappings were reserved, a write raced with the read and they are
+     * dropped.
+     */
+    void (*block_read_done)(int disk, const struct nasmig_page_read *pages,
+                            unsigned n, const unsigned *write_gen,
+                            unsigned gen_before);
+
+    /* HOT. A write (or discard, zero-write, truncate) to `disk` completed. */
+    void (*block_write_done)(int disk, uint64_t offset, uint64_t len);
+
+    /* --- migration source --- */
+
+    /*
+     * Migration setup: writes the setup section (disk table, hash key) into
+     * buf (at most *len bytes, NASMIG_SETUP_MAX_BYTES) and sets *len.
+     */
+    int (*source_setup)(uint8_t *buf, uint32_t *len);
+
+    /*
+     * Called before every dirty-bitmap sync: applies queued invalidations,
+     * marking every page whose disk block changed dirty again.
+     */
+    void (*before_bitmap_sync)(void);
+
+    /*
+     * HOT. May the page be sent as a reference?  On yes, writes the
+     * NASMIG_REF_WIRE_SIZE-byte record into wire and returns 1; else 0.
+     * `host` is the page's current content; its dirty bit is already clear.
+     */
+    int (*ref_query)(uint32_t ramblock, uint64_t ram_offset, const void *host,
+                     uint8_t *wire);
+
+    /* Migration ended on the source (completed, failed or cancelled). */
+    void (*source_cleanup)(int failed);
+
+    /* --- migration destination --- */
+
+    /* Reads the source's setup section; attaches the disks. */
+    int (*dest_setup)(const uint8_t *buf, uint32_t len);
+
+    /*
+     * HOT. A reference record arrived for the page at `host`.
+     * Returns 0 (queued), -EAGAIN (queue full: yield and retry),
+     * -EINVAL (bad record: the message says why).
+     */
+    int (*ref_received)(uint32_t ramblock, uint64_t ram_offset, void *host,
+                        const uint8_t *wire);
+
+    /*
+     * HOT. QEMU is about to write the page itself (a later normal, zero or
+     * XBZRLE record).  A pending fill is cancelled (returns 0), or, when
+     * wait_fill is set (XBZRLE needs the filled content), -EAGAIN is returned
+     * while the fill is still pending: yield and call again.
+     */
+    int (*before_page_write)(uint32_t ramblock, uint64_t ram_offset,
+                             int wait_fill);
+
+    /* A read started with nasmig_host.read_disk finished (main loop). */
+    void (*read_done)(uint64_t cookie, int ret);
+
+    /*
+     * The stream is complete: re-reads what failed verification and finishes
+     * every fill.  Returns -EAGAIN while work remains (yield and call again),
+     * 0 when every referenced page is filled and verified, or -EIO when a
+     * page could not be verified (the message names page, disk and reason).
+     */
+    int (*dest_finish)(void);
+
+    /* Pages with fills in flight or awaiting a re-read; 0 when none. HOT. */
+    uint64_t (*dest_pending)(void);
+
+    /*
+     * Ordering barrier (before multifd channels may write pages again):
+     * returns -EAGAIN while any fill is pending (yield and call again), 0
+     * once none can land later.  Pages that failed verification are re-read
+     * now; if they fail again the migration fails at dest_finish.
+     */
+    int (*dest_barrier)(void);
+
+    /* Incoming migration ended; frees its state. */
+    void (*dest_cleanup)(int failed);
+
+    /* --- both --- */
+
+    /* Fills *out. */
+    void (*stats)(struct nasmig_stats *out);
+
+    /*
+     * Copies the message of the last failure into buf, always NUL-terminated.
+     * Returns 0, or -ERANGE when truncated.
+     */
+    int (*errmsg)(char *buf, size_t len);
+
+    /* 1 when the plugin asks QEMU to enable x-disk-refs and return-path. */
+    int (*auto_enable)(void);
+
+    /* QEMU is exiting. */
+    void (*shutdown)(void);
+};
+
+/*
+ * nasmig_register - hands the host table to the library and gets its entry
+ * points.  args/nargs are the plugin's "key=value" arguments.
+ * Returns: 0; -EPROTO on an ABI version mismatch; -EINVAL on a bad argument.
+ * On failure err holds a NUL-terminated message.
+ */
+typedef int (*nasmig_register_fn)(const struct nasmig_host *host,
+                                  struct nasmig_lib *lib, const char **args,
+                                  int nargs, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NASMIG_H */

@@ -1,0 +1,922 @@
+/*
+ * shim.c - nasmig's C hot paths: the keyed page hash, the lock-free rings,
+ * the saver's per-page question and the destination's fill states.  None of
+ * this enters the Go runtime: QEMU threads and coroutines call it directly.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+struct nasmig_shared nasmig_g;
+static const struct nasmig_host *host_ops;
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+#define SUB(p, v) __atomic_sub_fetch((p), (v), __ATOMIC_RELAXED)
+
+/* ------------------------------------------------------------------ */
+/* Keyed page hash.
+ *
+ * NH (the universal hash of UMAC/VMAC): sum over word pairs of
+ * (m[2i]+k[2i]) * (m[2i+1]+k[2i+1]) in 64-bit arithmetic, 32-bit adds.
+ * For a random key two different pages collide with probability <= 2^-32
+ * per pass; two passes with keys shifted by 4 words are independent, so the
+ * 128-bit result collides with probability <= 2^-64.  A guest that does not
+ * know the key cannot aim for a collision.  The finaliser is a bijection that
+ * spreads the bits the map keeps as its filter.
+ */
+static inline uint64_t fmix64(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return h;
+}
+
+__attribute__((optimize("O3"), target_clones("avx2", "default")))
+void nasmig_hash_page(const struct nasmig_hash_key *key, const void *page,
+                      uint64_t out[2])
+{
+    const uint32_t *m = page;
+    const uint32_t *k = key->nh;
+    uint64_t a = 0, b = 0;
+    unsigned i;
+
+    for (i = 0; i < NASMIG_NH_WORDS; i += 2) {
+        uint32_t m0 = m[i], m1 = m[i + 1];
+        a += (uint64_t)(uint32_t)(m0 + k[i]) * (uint32_t)(m1 + k[i + 1]);
+        b += (uint64_t)(uint32_t)(m0 + k[i + NASMIG_NH_SHIFT]) *
+             (uint32_t)(m1 + k[i + 1 + NASMIG_NH_SHIFT]);
+    }
+    out[0] = fmix64(a ^ key->fin[0]);
+    out[1] = fmix64(b ^ key->fin[1]);
+}
+
+/* ------------------------------------------------------------------ */
+/* Bounded ring after Vyukov: a sequence word per slot, producers reserve
+ * with a CAS on head and never wait (full means "drop" or "-EAGAIN"), one
+ * consumer. */
+struct ring {
+    uint64_t mask;
+    size_t esize; /* element size, multiple of 8 */
+    uint8_t *slots;
+    uint64_t head __attribute__((aligned(64)));
+    uint64_t tail __attribute__((aligned(64)));
+};
+
+static struct ring track_ring, req_ring, done_ring;
+static uint64_t lost_invalidations;
+
+static inline uint64_t *ring_seq(struct ring *r, uint64_t pos)
+{
+    return (uint64_t *)(r->slots + (pos & r->mask) * (r->esize + 8));
+}
+
+static inline void *ring_elem(struct ring *r, uint64_t pos)
+{
+    return (uint8_t *)ring_seq(r, pos) + 8;
+}
+
+static int ring_init(struct ring *r, unsigned slots, size_t esize)
+{
+    uint64_t i;
+
+    if (r->slots) {
+        return 0;
+    }
+    if (slots & (slots - 1) || esize % 8) {
+        return -EINVAL;
+    }
+    r->mask = slots - 1;
+    r->esize = esize;
+    r->slots = mmap(NULL, (size_t)slots * (esize + 8), PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r->slots == MAP_FAILED) {
+        r->slots = NULL;
+        return -ENOMEM;
+    }
+    for (i = 0; i < slots; i++) {
+        *ring_seq(r, i) = i;
+    }
+    r->head = r->tail = 0;
+    return 0;
+}
+
+/* Reserves n consecutive slots; returns 0 and the first position, or -1. */
+static int ring_reserve(struct ring *r, unsigned n, uint64_t *pos_out)
+{
+    uint64_t pos = __atomic_load_n(&r->head, __ATOMIC_RELAXED);
+
+    if (!r->slots || n == 0 || n > r->mask + 1) {
+        return -1;
+    }
+    for (;;) {
+        uint64_t last = pos + n - 1;
+        uint64_t seq = LOAD_ACQ(ring_seq(r, last));
+        int64_t diff = (int64_t)(seq - last);
+
+        if (diff == 0) {
+            if (__atomic_compare_exchange_n(&r->head, &pos, pos + n, 1,
+                                            __ATOMIC_SEQ_CST,
+                                            __ATOMIC_RELAXED)) {
+                *pos_out = pos;
+                return 0;
+            }
+        } else if (diff < 0) {
+            return -1; /* full */
+        } else {
+            pos = __atomic_load_n(&r->head, __ATOMIC_RELAXED);
+        }
+    }
+}
+
+static inline void ring_publish(struct ring *r, uint64_t pos)
+{
+    STORE_REL(ring_seq(r, pos), pos + 1);
+}
+
+static unsigned ring_pop(struct ring *r, void *out, unsigned max)
+{
+    unsigned n = 0;
+
+    if (!r->slots) {
+        return 0;
+    }
+    while (n < max) {
+        uint64_t pos = r->tail;
+
+        if (LOAD_ACQ(ring_seq(r, pos)) != pos + 1) {
+            break;
+        }
+        memcpy((uint8_t *)out + (size_t)n * r->esize, ring_elem(r, pos),
+               r->esize);
+        STORE_REL(ring_seq(r, pos), pos + r->mask + 1);
+        __atomic_store_n(&r->tail, pos + 1, __ATOMIC_RELAXED);
+        n++;
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* Errors and small helpers. */
+
+void nasmig_set_err(const char *msg)
+{
+    pthread_mutex_lock(&err_lock);
+    snprintf(nasmig_g.err, sizeof(nasmig_g.err), "%s", msg);
+    pthread_mutex_unlock(&err_lock);
+}
+
+int nasmig_lib_errmsg(char *buf, size_t len)
+{
+    int ret = 0;
+
+    if (!buf || !len) {
+        return -ERANGE;
+    }
+    pthread_mutex_lock(&err_lock);
+    if (strlen(nasmig_g.err) >= len) {
+        ret = -ERANGE;
+    }
+    snprintf(buf, len, "%s", nasmig_g.err);
+    pthread_mutex_unlock(&err_lock);
+    return ret;
+}
+
+uint64_t nasmig_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+void nasmig_stat_add(size_t field_offset, uint64_t v)
+{
+    ADD((uint64_t *)((uint8_t *)&nasmig_g.stats + field_offset), v);
+}
+
+#define STAT_ADD(field, v) ADD(&nasmig_g.stats.field, (v))
+
+static void wake_go(void)
+{
+    uint64_t one = 1;
+
+    if (__atomic_exchange_n(&nasmig_g.go_sleeping, 0, __ATOMIC_SEQ_CST) &&
+        nasmig_g.wake_fd >= 0) {
+        if (write(nasmig_g.wake_fd, &one, sizeof(one)) < 0) {
+            /* The eventfd counter cannot overflow at our rates. */
+        }
+    }
+}
+
+static inline void cpu_relax(void)
+{
+    __builtin_ia32_pause();
+}
+
+/* ------------------------------------------------------------------ */
+/* Registration tables. */
+
+int nasmig_lib_ramblock_add(const char *idstr, uint64_t max_length)
+{
+    int i, ret;
+    void *mem;
+    uint64_t npages = max_length >> NASMIG_PAGE_SHIFT;
+
+    pthread_mutex_lock(&table_lock);
+    for (i = 0; i < nasmig_g.nrb; i++) {
+        if (!strncmp(nasmig_g.rb[i].idstr, idstr,
+                     sizeof(nasmig_g.rb[i].idstr))) {
+            ret = i;
+            goto out;
+        }
+    }
+    if (nasmig_g.nrb == NASMIG_MAX_RAMBLOCKS) {
+        ret = -ENOSPC;
+        goto out;
+    }
+    /* Lazily backed: untouched parts of a large guest cost nothing. */
+    mem = mmap(NULL, npages ? npages * 8 : 8, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    i = nasmig_g.nrb;
+    snprintf(nasmig_g.rb[i].idstr, sizeof(nasmig_g.rb[i].idstr), "%s", idstr);
+    nasmig_g.rb[i].npages = npages;
+    STORE_REL(&nasmig_g.rb[i].forward, (uint64_t *)mem);
+    STORE_REL(&nasmig_g.nrb, i + 1);
+    ret = i;
+out:
+    pthread_mutex_unlock(&table_lock);
+    return ret;
+}
+
+static int excluded(const char *node_name, const char *filename)
+{
+    const char *p = nasmig_g.exclude;
+
+    while (*p) {
+        if (!strcmp(p, node_name) || !strcmp(p, filename)) {
+            return 1;
+        }
+        p += strlen(p) + 1;
+    }
+    return 0;
+}
+
+int nasmig_lib_disk_add(const char *node_name, const char *filename,
+                        uint64_t size)
+{
+    struct nasmig_disk_info *d;
+    int i, ret;
+
+    pthread_mutex_lock(&table_lock);
+    for (i = 0; i < nasmig_g.ndisk; i++) {
+        if (!strcmp(nasmig_g.disk[i].node_name, node_name)) {
+            ret = nasmig_g.disk[i].excluded ? -EPERM : i;
+            goto out;
+        }
+    }
+    if (nasmig_g.ndisk == NASMIG_MAX_DISKS) {
+        ret = -ENOSPC;
+        goto out;
+    }
+    i = nasmig_g.ndisk;
+    d = &nasmig_g.disk[i];
+    snprintf(d->node_name, sizeof(d->node_name), "%s", node_name);
+    snprintf(d->filename, sizeof(d->filename), "%s", filename);
+    d->size = size;
+    d->excluded = !nasmig_g.enabled || excluded(node_name, filename);
+    d->ndir = ((size >> NASMIG_PAGE_SHIFT) + NASMIG_REV_CHUNK - 1) >>
+              NASMIG_REV_CHUNK_SHIFT;
+    d->dir = calloc(d->ndir ? d->ndir : 1, sizeof(uint64_t *));
+    if (!d->dir) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    STORE_REL(&nasmig_g.ndisk, i + 1);
+    ret = d->excluded ? -EPERM : i;
+out:
+    pthread_mutex_unlock(&table_lock);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Source: tracking. */
+
+void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
+                                unsigned n, const unsigned *write_gen,
+                                unsigned gen_before)
+{
+    uint64_t hashes[NASMIG_MAX_PAGES_PER_CALL][2];
+    uint64_t pos;
+    int raced;
+    unsigned i;
+
+    if (n == 0 || n > NASMIG_MAX_PAGES_PER_CALL || disk < 0 ||
+        disk >= NASMIG_MAX_DISKS) {
+        return;
+    }
+    /* Hash now, before the guest is told the read finished. */
+    for (i = 0; i < n; i++) {
+        nasmig_hash_page(&nasmig_g.key, pages[i].host, hashes[i]);
+    }
+    if (ring_reserve(&track_ring, n, &pos) < 0) {
+        STAT_ADD(ring_drops, n);
+        return;
+    }
+    /*
+     * The slots are ours before we look at write_gen: a write whose
+     * invalidation could precede our mappings has bumped it by now.
+     */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    raced = __atomic_load_n(write_gen, __ATOMIC_SEQ_CST) != gen_before;
+    for (i = 0; i < n; i++) {
+        struct nasmig_rec *rec = ring_elem(&track_ring, pos + i);
+
+        rec->type = raced ? NASMIG_REC_VOID : NASMIG_REC_MAP;
+        rec->disk = (uint8_t)disk;
+        rec->reserved = 0;
+        rec->ramblock = pages[i].ramblock;
+        rec->page = pages[i].ram_offset >> NASMIG_PAGE_SHIFT;
+        rec->block = pages[i].disk_offset >> NASMIG_PAGE_SHIFT;
+        rec->hash = hashes[i][0];
+        ring_publish(&track_ring, pos + i);
+    }
+}
+
+void nasmig_lib_block_write_done(int disk, uint64_t offset, uint64_t len)
+{
+    struct nasmig_rec *rec;
+    uint64_t pos, first, last;
+
+    if (disk < 0 || disk >= NASMIG_MAX_DISKS) {
+        return;
+    }
+    first = offset >> NASMIG_PAGE_SHIFT;
+    last = len ? (offset + len - 1) >> NASMIG_PAGE_SHIFT : first;
+    if (ring_reserve(&track_ring, 1, &pos) < 0) {
+        /* Never lose a write silently: Go then drops the whole map. */
+        ADD(&lost_invalidations, 1);
+        STAT_ADD(ring_drops, 1);
+        return;
+    }
+    rec = ring_elem(&track_ring, pos);
+    rec->type = NASMIG_REC_INVAL;
+    rec->disk = (uint8_t)disk;
+    rec->reserved = 0;
+    rec->ramblock = 0;
+    rec->page = last - first + 1;
+    rec->block = first;
+    rec->hash = 0;
+    ring_publish(&track_ring, pos);
+}
+
+unsigned nasmig_ring_pop(struct nasmig_rec *out, unsigned max)
+{
+    return ring_pop(&track_ring, out, max);
+}
+
+/* Test hook: pushes records as a producer would. Returns how many fit. */
+unsigned nasmig_ring_push_test(const struct nasmig_rec *rec, unsigned n)
+{
+    uint64_t pos;
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        if (ring_reserve(&track_ring, 1, &pos) < 0) {
+            return i;
+        }
+        memcpy(ring_elem(&track_ring, pos), &rec[i], sizeof(*rec));
+        ring_publish(&track_ring, pos);
+    }
+    return n;
+}
+
+uint64_t nasmig_lost_invalidations(void)
+{
+    return __atomic_load_n(&lost_invalidations, __ATOMIC_ACQUIRE);
+}
+
+/* ------------------------------------------------------------------ */
+/* Source: the saver's question. */
+
+static inline void put_be64(uint8_t *p, uint64_t v)
+{
+    int i;
+
+    for (i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static inline uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    int i;
+
+    for (i = 0; i < 8; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+/*
+ * Looks the page up without hashing: returns the forward word when the map
+ * offers the page (forward and reverse agree), else 0.
+ */
+static inline uint64_t map_lookup(uint32_t ramblock, uint64_t page,
+                                  uint64_t *rev_out)
+{
+    const struct nasmig_rb_info *rb;
+    const struct nasmig_disk_info *d;
+    uint64_t fwd, block, rev, *chunk, *forward;
+    unsigned disk;
+
+    if (ramblock >= (uint32_t)LOAD_ACQ(&nasmig_g.nrb)) {
+        return 0;
+    }
+    rb = &nasmig_g.rb[ramblock];
+    forward = LOAD_ACQ(&rb->forward);
+    if (page >= rb->npages || !forward) {
+        return 0;
+    }
+    fwd = LOAD_ACQ(&forward[page]);
+    if (!(fwd & NASMIG_FWD_VALID)) {
+        return 0;
+    }
+    disk = (fwd >> NASMIG_FWD_DISK_SHIFT) & NASMIG_FWD_DISK_MASK;
+    block = fwd & NASMIG_FWD_BLOCK_MASK;
+    d = &nasmig_g.disk[disk];
+    if ((block >> NASMIG_REV_CHUNK_SHIFT) >= d->ndir) {
+        return 0;
+    }
+    chunk = LOAD_ACQ(&d->dir[block >> NASMIG_REV_CHUNK_SHIFT]);
+    if (!chunk) {
+        return 0;
+    }
+    rev = LOAD_ACQ(&chunk[block & (NASMIG_REV_CHUNK - 1)]);
+    if ((rev & NASMIG_REV_PAGE_MASK) != page + 1 ||
+        ((rev >> NASMIG_REV_RB_SHIFT) & NASMIG_REV_RB_MASK) != ramblock) {
+        return 0;
+    }
+    *rev_out = rev;
+    return fwd;
+}
+
+/* For the micro-benchmark: the lookup alone (no hash). */
+int nasmig_map_offers(uint32_t ramblock, uint64_t ram_offset)
+{
+    uint64_t rev;
+
+    return map_lookup(ramblock, ram_offset >> NASMIG_PAGE_SHIFT, &rev) != 0;
+}
+
+int nasmig_lib_ref_query(uint32_t ramblock, uint64_t ram_offset,
+                         const void *host, uint8_t *wire)
+{
+    uint64_t page = ram_offset >> NASMIG_PAGE_SHIFT;
+    uint64_t fwd, fwd2, rev, h[2];
+
+    fwd = map_lookup(ramblock, page, &rev);
+    if (!fwd) {
+        return 0;
+    }
+    /* The dirty bit is clear now: a later guest write shows up next round. */
+    nasmig_hash_page(&nasmig_g.key, host, h);
+    if (nasmig_h16(h[0]) != ((fwd >> NASMIG_FWD_H16_SHIFT) & 0xffff) ||
+        nasmig_h24(h[0]) != (rev >> NASMIG_REV_H24_SHIFT)) {
+        STAT_ADD(ref_misses, 1);
+        return 0;
+    }
+    fwd2 = LOAD_ACQ(&nasmig_g.rb[ramblock].forward[page]);
+    if (fwd2 != fwd) {
+        return 0;
+    }
+    wire[0] = NASMIG_REF_WIRE_VERSION;
+    wire[1] = (uint8_t)((fwd >> NASMIG_FWD_DISK_SHIFT) & NASMIG_FWD_DISK_MASK);
+    put_be64(wire + 2, (fwd & NASMIG_FWD_BLOCK_MASK) << NASMIG_PAGE_SHIFT);
+    put_be64(wire + 10, h[0]);
+    put_be64(wire + 18, h[1]);
+    STAT_ADD(ref_pages, 1);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Destination. */
+
+static uint32_t *dest_states(uint32_t ramblock)
+{
+    struct nasmig_rb_info *rb;
+    uint32_t *st;
+    void *mem;
+
+    if (ramblock >= (uint32_t)LOAD_ACQ(&nasmig_g.nrb)) {
+        return NULL;
+    }
+    rb = &nasmig_g.rb[ramblock];
+    st = LOAD_ACQ(&rb->dest_state);
+    if (st) {
+        return st;
+    }
+    pthread_mutex_lock(&table_lock);
+    st = rb->dest_state;
+    if (!st) {
+        mem = mmap(NULL, rb->npages ? rb->npages * 4 : 4,
+                   PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (mem != MAP_FAILED) {
+            st = mem;
+            STORE_REL(&rb->dest_state, st);
+        }
+    }
+    pthread_mutex_unlock(&table_lock);
+    return st;
+}
+
+static uint64_t dest_disk_size[NASMIG_MAX_DISKS];
+
+/* Go records the size of each source disk from the setup section. */
+void nasmig_dest_set_disk(int src_index, int handle, uint64_t size)
+{
+    if (src_index >= 0 && src_index < NASMIG_MAX_DISKS) {
+        dest_disk_size[src_index] = size;
+        STORE_REL(&nasmig_g.dest_disk_map[src_index], handle);
+    }
+}
+
+int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
+                            const uint8_t *wire)
+{
+    struct nasmig_fetch_req *req;
+    uint64_t page = ram_offset >> NASMIG_PAGE_SHIFT, off, pos;
+    uint32_t *st, old, gen;
+    unsigned src_disk;
+    int handle;
+    char msg[160];
+
+    if (!LOAD_ACQ(&nasmig_g.dest_on)) {
+        nasmig_set_err("reference received without a nasmig setup section");
+        return -EINVAL;
+    }
+    if (wire[0] != NASMIG_REF_WIRE_VERSION) {
+        snprintf(msg, sizeof(msg), "unsupported disk reference version %u "
+                 "(this library reads %u)", wire[0], NASMIG_REF_WIRE_VERSION);
+        nasmig_set_err(msg);
+        return -EINVAL;
+    }
+    src_disk = wire[1];
+    handle = src_disk < NASMIG_MAX_DISKS ?
+             LOAD_ACQ(&nasmig_g.dest_disk_map[src_disk]) : -1;
+    if (handle < 0) {
+        snprintf(msg, sizeof(msg), "reference to unknown disk %u", src_disk);
+        nasmig_set_err(msg);
+        return -EINVAL;
+    }
+    off = get_be64(wire + 2);
+    if (off & (NASMIG_PAGE_SIZE - 1) ||
+        off + NASMIG_PAGE_SIZE > dest_disk_size[src_disk]) {
+        snprintf(msg, sizeof(msg), "reference to offset 0x%llx outside disk "
+                 "%u", (unsigned long long)off, src_disk);
+        nasmig_set_err(msg);
+        return -EINVAL;
+    }
+    st = dest_states(ramblock);
+    if (!st || page >= nasmig_g.rb[ramblock].npages) {
+        nasmig_set_err("reference to a page outside its RAM block");
+        return -EINVAL;
+    }
+    if (ring_reserve(&req_ring, 1, &pos) < 0) {
+        wake_go();
+        return -EAGAIN;
+    }
+    for (;;) {
+        old = LOAD_ACQ(&st[page]);
+        if ((old & 3) == NASMIG_FILL_BUSY) {
+            cpu_relax();
+            continue;
+        }
+        gen = (old >> 2) + 1;
+        if (__atomic_compare_exchange_n(&st[page], &old,
+                                        (gen << 2) | NASMIG_FILL_PENDING, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            break;
+        }
+    }
+    if ((old & 3) == NASMIG_FILL_IDLE) {
+        STAT_ADD(pending_pages, 1);
+    }
+    if (!nasmig_g.first_ref_ns) {
+        nasmig_g.first_ref_ns = nasmig_now_ns();
+    }
+    req = ring_elem(&req_ring, pos);
+    req->ramblock = ramblock;
+    req->gen = gen;
+    req->page = page;
+    req->block = off >> NASMIG_PAGE_SHIFT;
+    req->disk = (uint32_t)handle;
+    req->src_disk = src_disk;
+    req->hash[0] = get_be64(wire + 10);
+    req->hash[1] = get_be64(wire + 18);
+    req->host = host;
+    ring_publish(&req_ring, pos);
+    wake_go();
+    return 0;
+}
+
+int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
+                                 int wait_fill)
+{
+    uint64_t page = ram_offset >> NASMIG_PAGE_SHIFT;
+    uint32_t *st, old;
+
+    if (ramblock >= (uint32_t)LOAD_ACQ(&nasmig_g.nrb)) {
+        return 0;
+    }
+    st = LOAD_ACQ(&nasmig_g.rb[ramblock].dest_state);
+    if (!st || page >= nasmig_g.rb[ramblock].npages) {
+        return 0;
+    }
+    for (;;) {
+        old = LOAD_ACQ(&st[page]);
+        switch (old & 3) {
+        case NASMIG_FILL_IDLE:
+            return 0;
+        case NASMIG_FILL_BUSY:
+            cpu_relax();
+            continue;
+        default:
+            if (wait_fill) {
+                /* Ask the worker to settle failed pages now, not at the end. */
+                __atomic_or_fetch(&nasmig_g.finish_req, 1, __ATOMIC_SEQ_CST);
+                wake_go();
+                return -EAGAIN;
+            }
+            if (__atomic_compare_exchange_n(&st[page], &old,
+                                            (((old >> 2) + 1) << 2) |
+                                            NASMIG_FILL_IDLE, 0,
+                                            __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                SUB(&nasmig_g.stats.pending_pages, 1);
+                return 0;
+            }
+        }
+    }
+}
+
+unsigned nasmig_req_pop(struct nasmig_fetch_req *out, unsigned max)
+{
+    return ring_pop(&req_ring, out, max);
+}
+
+void nasmig_lib_read_done(uint64_t cookie, int ret)
+{
+    struct nasmig_fetch_done *d;
+    uint64_t pos;
+
+    /* Bounded by the reads Go keeps in flight, far below the ring size. */
+    while (ring_reserve(&done_ring, 1, &pos) < 0) {
+        wake_go();
+        sched_yield();
+    }
+    d = ring_elem(&done_ring, pos);
+    d->cookie = cookie;
+    d->ret = ret;
+    ring_publish(&done_ring, pos);
+    wake_go();
+}
+
+unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max)
+{
+    return ring_pop(&done_ring, out, max);
+}
+
+/*
+ * Verifies each block against its reference and fills the page.  A page
+ * whose generation moved on (a later record) is left alone.
+ */
+void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
+                        const uint8_t *const *bufs, uint8_t *results)
+{
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        const struct nasmig_fetch_req *r = &reqs[i];
+        uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
+        uint64_t h[2];
+        uint32_t old;
+
+        nasmig_hash_page(&nasmig_g.key, bufs[i], h);
+        if (h[0] != r->hash[0] || h[1] != r->hash[1]) {
+            results[i] = NASMIG_MISMATCH;
+            continue;
+        }
+        results[i] = NASMIG_SUPERSEDED;
+        for (;;) {
+            old = LOAD_ACQ(&st[r->page]);
+            if ((old >> 2) != r->gen || ((old & 3) != NASMIG_FILL_PENDING &&
+                                         (old & 3) != NASMIG_FILL_FAILED)) {
+                break;
+            }
+            if (__atomic_compare_exchange_n(&st[r->page], &old,
+                                            (r->gen << 2) | NASMIG_FILL_BUSY,
+                                            0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                memcpy(r->host, bufs[i], NASMIG_PAGE_SIZE);
+                STORE_REL(&st[r->page], (r->gen << 2) | NASMIG_FILL_IDLE);
+                SUB(&nasmig_g.stats.pending_pages, 1);
+                STAT_ADD(fetched_pages, 1);
+                results[i] = NASMIG_FILLED;
+                break;
+            }
+        }
+    }
+}
+
+/* Marks a still-current reference as failed; returns 1 if it was current. */
+int nasmig_fail_page(const struct nasmig_fetch_req *r)
+{
+    uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
+    uint32_t old = (r->gen << 2) | NASMIG_FILL_PENDING;
+
+    return __atomic_compare_exchange_n(&st[r->page], &old,
+                                       (r->gen << 2) | NASMIG_FILL_FAILED, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) ||
+           old == ((r->gen << 2) | NASMIG_FILL_FAILED);
+}
+
+/* Gives up on a failed page (the migration fails): stops waiting for it. */
+void nasmig_abandon_page(const struct nasmig_fetch_req *r)
+{
+    uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
+    uint32_t old = (r->gen << 2) | NASMIG_FILL_FAILED;
+
+    if (__atomic_compare_exchange_n(&st[r->page], &old,
+                                    (r->gen << 2) | NASMIG_FILL_IDLE, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        SUB(&nasmig_g.stats.pending_pages, 1);
+    }
+}
+
+uint64_t nasmig_lib_dest_pending(void)
+{
+    return LOAD_ACQ(&nasmig_g.stats.pending_pages);
+}
+
+int nasmig_lib_dest_barrier(void)
+{
+    if (!LOAD_ACQ(&nasmig_g.stats.pending_pages)) {
+        return 0;
+    }
+    __atomic_or_fetch(&nasmig_g.finish_req, 1, __ATOMIC_SEQ_CST);
+    wake_go();
+    return -EAGAIN;
+}
+
+int nasmig_lib_dest_finish(void)
+{
+    int state;
+
+    __atomic_or_fetch(&nasmig_g.finish_req, 2, __ATOMIC_SEQ_CST);
+    wake_go();
+    state = LOAD_ACQ(&nasmig_g.finish_state);
+    if (state == 0) {
+        return -EAGAIN;
+    }
+    return state == 1 ? 0 : -EIO;
+}
+
+void nasmig_lib_stats(struct nasmig_stats *out)
+{
+    uint64_t *dst = (uint64_t *)out;
+    const uint64_t *src = (const uint64_t *)&nasmig_g.stats;
+    size_t i;
+
+    for (i = 0; i < sizeof(*out) / 8; i++) {
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+    }
+}
+
+int nasmig_lib_auto_enable(void)
+{
+    return nasmig_g.auto_enable && nasmig_g.enabled;
+}
+
+/* ------------------------------------------------------------------ */
+/* Host calls, for Go (cgo cannot call C function pointers directly). */
+
+void nasmig_set_host(const struct nasmig_host *host)
+{
+    host_ops = host;
+}
+
+void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len)
+{
+    if (host_ops && host_ops->mark_dirty) {
+        host_ops->mark_dirty(rb, off, len);
+    }
+}
+
+int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
+                          uint64_t cookie)
+{
+    if (!host_ops || !host_ops->read_disk) {
+        return -ENOSYS;
+    }
+    return host_ops->read_disk(disk, off, buf, len, cookie);
+}
+
+int nasmig_call_disk_attach(const char *filename, uint64_t size, char *err,
+                            size_t errlen)
+{
+    if (!host_ops || !host_ops->disk_attach) {
+        snprintf(err, errlen, "the host offers no disk_attach");
+        return -ENOSYS;
+    }
+    return host_ops->disk_attach(filename, size, err, errlen);
+}
+
+void nasmig_call_kick(void)
+{
+    if (host_ops && host_ops->kick) {
+        host_ops->kick();
+    }
+}
+
+void nasmig_call_log(int level, const char *msg)
+{
+    if (host_ops && host_ops->log) {
+        host_ops->log(level, msg);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+
+int nasmig_shim_init(unsigned ring_slots)
+{
+    int ret, i;
+
+    for (i = 0; i < NASMIG_MAX_DISKS; i++) {
+        nasmig_g.dest_disk_map[i] = -1;
+    }
+    nasmig_g.wake_fd = -1;
+    ret = ring_init(&track_ring, ring_slots, sizeof(struct nasmig_rec));
+    if (!ret) {
+        ret = ring_init(&req_ring, 1u << 16, sizeof(struct nasmig_fetch_req));
+    }
+    if (!ret) {
+        ret = ring_init(&done_ring, 1u << 10, sizeof(struct nasmig_fetch_done));
+    }
+    return ret;
+}
+
+/* Resets the destination's per-migration state (Go holds no fills now). */
+void nasmig_dest_reset(void)
+{
+    int i;
+
+    for (i = 0; i < NASMIG_MAX_DISKS; i++) {
+        nasmig_g.dest_disk_map[i] = -1;
+    }
+    nasmig_g.finish_req = 0;
+    nasmig_g.finish_state = 0;
+    nasmig_g.first_ref_ns = 0;
+}
+
+void nasmig_shim_fill(struct nasmig_lib *lib)
+{
+    lib->abi_version = NASMIG_ABI_VERSION;
+    lib->struct_size = sizeof(*lib);
+    lib->ramblock_add = nasmig_lib_ramblock_add;
+    lib->disk_add = nasmig_lib_disk_add;
+    lib->block_read_done = nasmig_lib_block_read_done;
+    lib->block_write_done = nasmig_lib_block_write_done;
+    lib->ref_query = nasmig_lib_ref_query;
+    lib->ref_received = nasmig_lib_ref_received;
+    lib->before_page_write = nasmig_lib_before_page_write;
+    lib->read_done = nasmig_lib_read_done;
+    lib->dest_finish = nasmig_lib_dest_finish;
+    lib->dest_pending = nasmig_lib_dest_pending;
+    lib->dest_barrier = nasmig_lib_dest_barrier;
+    lib->stats = nasmig_lib_stats;
+    lib->errmsg = nasmig_lib_errmsg;
+    lib->auto_enable = nasmig_lib_auto_enable;
+}

@@ -1,0 +1,189 @@
+/*
+ * shim.h - the library-internal contract between nasmig's C hot paths
+ * (shim.c) and its Go half (package nasmig/cshim and plugin/).  Not part of
+ * the QEMU ABI (that is nasmig.h).
+ *
+ * Shared memory: every array below lives outside the Go heap (mmap).  C only
+ * reads the page-to-block map; Go's single drainer goroutine is its only
+ * writer.  Words are published with store-release and read with
+ * load-acquire.
+ */
+#ifndef NASMIG_SHIM_H
+#define NASMIG_SHIM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "nasmig.h"
+
+/* ---- keyed page hash (NH universal hash, two passes, 128-bit out) ---- */
+#define NASMIG_NH_WORDS (NASMIG_PAGE_SIZE / 4)
+#define NASMIG_NH_SHIFT 4 /* Toeplitz offset of the second pass, in words */
+struct nasmig_hash_key {
+    uint32_t nh[NASMIG_NH_WORDS + NASMIG_NH_SHIFT];
+    uint64_t fin[2];
+};
+void nasmig_hash_page(const struct nasmig_hash_key *key, const void *page,
+                      uint64_t out[2]);
+
+/* ---- page-to-block map words ----
+ * forward[page] (per RAM block):
+ *   63 valid | 62..56 disk | 55..40 hash16 | 39..0 block
+ * reverse[disk][block] (chunked):
+ *   63..40 hash24 | 39..34 ramblock | 33..0 page+1 (0 = empty)
+ * hash16/hash24 are bits of the page hash's first word: a 40-bit filter.
+ * The reference itself carries the full 128-bit hash, which the
+ * destination verifies, so a filter collision costs a fallback, never a
+ * wrong page.
+ */
+#define NASMIG_FWD_VALID (1ull << 63)
+#define NASMIG_FWD_DISK_SHIFT 56
+#define NASMIG_FWD_DISK_MASK 0x7full
+#define NASMIG_FWD_H16_SHIFT 40
+#define NASMIG_FWD_BLOCK_MASK ((1ull << 40) - 1)
+#define NASMIG_REV_H24_SHIFT 40
+#define NASMIG_REV_RB_SHIFT 34
+#define NASMIG_REV_RB_MASK 0x3full
+#define NASMIG_REV_PAGE_MASK ((1ull << 34) - 1)
+#define NASMIG_REV_CHUNK_SHIFT 16 /* 64 Ki blocks (256 MiB of disk) a chunk */
+#define NASMIG_REV_CHUNK (1u << NASMIG_REV_CHUNK_SHIFT)
+
+static inline uint64_t nasmig_h16(uint64_t h) { return h >> 48; }
+static inline uint64_t nasmig_h24(uint64_t h) { return (h >> 24) & 0xffffff; }
+
+struct nasmig_rb_info {
+    char idstr[64];
+    uint64_t npages;
+    uint64_t *forward;     /* npages words */
+    uint32_t *dest_state;  /* destination fill state per page, lazily */
+};
+
+struct nasmig_disk_info {
+    char node_name[64];
+    char filename[1024];
+    uint64_t size;
+    uint64_t ndir;
+    uint64_t **dir;        /* ndir chunk pointers, each NASMIG_REV_CHUNK words */
+    int excluded;
+};
+
+/* ---- tracking ring: fixed-size records, many producers, one consumer ---- */
+enum nasmig_rec_type {
+    NASMIG_REC_VOID = 0,  /* reserved slot of a read that raced with a write */
+    NASMIG_REC_MAP = 1,   /* page now holds block */
+    NASMIG_REC_INVAL = 2, /* blocks [block, block+count) were written */
+};
+struct nasmig_rec {
+    uint8_t type;
+    uint8_t disk;
+    uint16_t reserved;
+    uint32_t ramblock;
+    uint64_t page;  /* MAP: page index; INVAL: block count */
+    uint64_t block;
+    uint64_t hash;  /* first word of the page hash */
+};
+
+/* ---- destination ---- */
+/* dest_state word: 31..2 generation | 1..0 state */
+enum nasmig_fill_state {
+    NASMIG_FILL_IDLE = 0,
+    NASMIG_FILL_PENDING = 1, /* reference queued, fill not done */
+    NASMIG_FILL_BUSY = 2,    /* a worker is copying the page in */
+    NASMIG_FILL_FAILED = 3,  /* failed verification: re-read pending */
+};
+struct nasmig_fetch_req {
+    uint32_t ramblock;
+    uint32_t gen;
+    uint64_t page;
+    uint64_t block;
+    uint32_t disk; /* destination disk handle */
+    uint32_t src_disk;
+    uint64_t hash[2];
+    void *host;
+};
+struct nasmig_fetch_done {
+    uint64_t cookie;
+    int64_t ret;
+};
+/* Result of nasmig_fill_verify per page. */
+enum nasmig_fill_result {
+    NASMIG_FILLED = 0,
+    NASMIG_SUPERSEDED = 1, /* a later record replaced the reference */
+    NASMIG_MISMATCH = 2,
+};
+
+/* Global state shared by C and Go. */
+struct nasmig_shared {
+    struct nasmig_hash_key key;
+    int auto_enable;
+    int enabled;
+    int nrb;
+    int ndisk;
+    struct nasmig_rb_info rb[NASMIG_MAX_RAMBLOCKS];
+    struct nasmig_disk_info disk[NASMIG_MAX_DISKS];
+    char exclude[2048]; /* NUL-separated names, double NUL at the end */
+    int wake_fd;        /* eventfd the Go side sleeps on (destination) */
+    int go_sleeping;
+    /* destination */
+    int dest_on;
+    int dest_disk_map[NASMIG_MAX_DISKS]; /* source index -> handle, -1 none */
+    int finish_req;     /* 1 barrier, 2 finish */
+    int finish_state;   /* 0 working, 1 done ok, 2 done with error */
+    int barrier_done;
+    uint64_t first_ref_ns;
+    struct nasmig_stats stats;
+    char err[1024];
+};
+extern struct nasmig_shared nasmig_g;
+
+/* Go-facing helpers (plain C; Go calls them once per batch). */
+int nasmig_shim_init(unsigned ring_slots);
+void nasmig_shim_fill(struct nasmig_lib *lib);
+unsigned nasmig_ring_pop(struct nasmig_rec *out, unsigned max);
+unsigned nasmig_ring_push_test(const struct nasmig_rec *rec, unsigned n);
+uint64_t nasmig_lost_invalidations(void);
+unsigned nasmig_req_pop(struct nasmig_fetch_req *out, unsigned max);
+unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max);
+void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
+                        const uint8_t *const *bufs, uint8_t *results);
+int nasmig_fail_page(const struct nasmig_fetch_req *req);
+int nasmig_map_offers(uint32_t ramblock, uint64_t ram_offset);
+void nasmig_dest_set_disk(int src_index, int handle, uint64_t size);
+void nasmig_abandon_page(const struct nasmig_fetch_req *req);
+void nasmig_dest_reset(void);
+void nasmig_set_err(const char *msg);
+uint64_t nasmig_now_ns(void);
+void nasmig_stat_add(size_t field_offset, uint64_t v);
+
+/* The entry points QEMU gets (also called directly by tests). */
+int nasmig_lib_ramblock_add(const char *idstr, uint64_t max_length);
+int nasmig_lib_disk_add(const char *node_name, const char *filename,
+                        uint64_t size);
+void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
+                                unsigned n, const unsigned *write_gen,
+                                unsigned gen_before);
+void nasmig_lib_block_write_done(int disk, uint64_t offset, uint64_t len);
+int nasmig_lib_ref_query(uint32_t ramblock, uint64_t ram_offset,
+                         const void *host, uint8_t *wire);
+int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
+                            const uint8_t *wire);
+int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
+                                 int wait_fill);
+void nasmig_lib_read_done(uint64_t cookie, int ret);
+int nasmig_lib_dest_finish(void);
+uint64_t nasmig_lib_dest_pending(void);
+int nasmig_lib_dest_barrier(void);
+void nasmig_lib_stats(struct nasmig_stats *out);
+int nasmig_lib_errmsg(char *buf, size_t len);
+int nasmig_lib_auto_enable(void);
+
+/* Calls through the host table (so Go can call function pointers). */
+void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len);
+int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
+                          uint64_t cookie);
+int nasmig_call_disk_attach(const char *filename, uint64_t size, char *err,
+                            size_t errlen);
+void nasmig_call_kick(void);
+void nasmig_call_log(int level, const char *msg);
+void nasmig_set_host(const struct nasmig_host *host);
+
+#endif

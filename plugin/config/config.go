@@ -1,0 +1,107 @@
+// Package config parses libnasmig.so's plugin arguments
+// (`-plugin libnasmig.so,key=value,...`).
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/rs/zerolog"
+)
+
+// Config is what the plugin's arguments select.
+type Config struct {
+	Enabled     bool          // enable=on|off: track and offer references at all
+	Auto        bool          // auto=on|off: switch x-disk-refs and return-path on by itself
+	LogLevel    zerolog.Level // log=error|warn|info|debug
+	LogFile     string        // logfile=PATH (default: QEMU's stderr)
+	DebugSocket string        // debug-socket=PATH: serve the live map to nasmig-inspect
+	Exclude     []string      // exclude=NAME[:NAME...]: node names or filenames never referenced
+	RingSlots   uint32        // ring=N: tracking ring size, a power of two
+}
+
+// ErrBadArgument is wrapped by every parse error.
+var ErrBadArgument = errors.New("bad plugin argument")
+
+// Default is the configuration of a plugin loaded without arguments.
+func Default() Config {
+	return Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16}
+}
+
+// Parse reads "key=value" arguments.
+func Parse(args []string) (Config, error) {
+	c := Default()
+	for _, arg := range args {
+		key, val, ok := strings.Cut(arg, "=")
+		if !ok || key == "" {
+			return c, fmt.Errorf("%w %q: want key=value", ErrBadArgument, arg)
+		}
+		var err error
+		switch key {
+		case "enable":
+			c.Enabled, err = onOff(val)
+		case "auto":
+			c.Auto, err = onOff(val)
+		case "log":
+			c.LogLevel, err = level(val)
+		case "logfile":
+			c.LogFile, err = nonEmpty(val)
+		case "debug-socket":
+			c.DebugSocket, err = nonEmpty(val)
+		case "exclude":
+			c.Exclude = nil
+			for _, n := range strings.Split(val, ":") {
+				if n == "" {
+					return c, fmt.Errorf("%w %q: empty disk name", ErrBadArgument, arg)
+				}
+				c.Exclude = append(c.Exclude, n)
+			}
+		case "ring":
+			var n uint64
+			n, err = strconv.ParseUint(val, 10, 32)
+			if err == nil && (n < 64 || n > 1<<24 || n&(n-1) != 0) {
+				err = errors.New("must be a power of two between 64 and 16777216")
+			}
+			c.RingSlots = uint32(n)
+		default:
+			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, log, logfile, debug-socket, exclude, ring)", ErrBadArgument, key)
+		}
+		if err != nil {
+			return c, fmt.Errorf("%w %q: %v", ErrBadArgument, arg, err)
+		}
+	}
+	return c, nil
+}
+
+func onOff(v string) (bool, error) {
+	switch v {
+	case "on", "yes", "true", "1":
+		return true, nil
+	case "off", "no", "false", "0":
+		return false, nil
+	}
+	return false, errors.New("want on or off")
+}
+
+func level(v string) (zerolog.Level, error) {
+	switch v {
+	case "error":
+		return zerolog.ErrorLevel, nil
+	case "warn":
+		return zerolog.WarnLevel, nil
+	case "info":
+		return zerolog.InfoLevel, nil
+	case "debug":
+		return zerolog.DebugLevel, nil
+	}
+	return zerolog.NoLevel, errors.New("want error, warn, info or debug")
+}
+
+func nonEmpty(v string) (string, error) {
+	if v == "" {
+		return "", errors.New("empty value")
+	}
+	return v, nil
+}

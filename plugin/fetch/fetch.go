@@ -1,0 +1,302 @@
+// Package fetch is the destination's reader of disk references: it takes
+// references from the C request ring as they arrive, coalesces contiguous
+// blocks into large reads, keeps several reads in flight through QEMU's
+// block layer, verifies every block's hash in C and fills the page.
+//
+// A block that fails verification (or cannot be read) is re-read once the
+// stream ends, when the source has flushed and inactivated its disks; if it
+// still fails, the migration fails and the source resumes.  Nothing here
+// ever lets an unverified page into guest RAM.
+package fetch
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"nasmig/cshim"
+)
+
+const (
+	maxReadBlocks = 256 // 1 MiB per coalesced read
+	maxInFlight   = 16
+	maxErrors     = 8 // messages kept for the report
+)
+
+type item struct {
+	req    cshim.FetchReq
+	retry  bool
+	reason string // why a failed item failed
+}
+
+type batch struct {
+	disk    uint32
+	first   uint64 // first block
+	nblocks uint64
+	buf     []byte // outside the Go heap
+	items   []item
+	retry   bool
+}
+
+// DiskName names a source disk for error messages.
+type DiskName func(srcDisk uint32) string
+
+// Fetcher serves one incoming migration.
+type Fetcher struct {
+	log      zerolog.Logger
+	diskName DiskName
+	wakeFD   int
+	stop     chan struct{}
+	done     chan struct{}
+
+	queued   []item
+	failed   []item
+	inflight map[uint64]*batch
+	nextID   uint64
+	free     [][]byte
+	errs     []string
+	nerrs    int
+}
+
+// Start launches the worker; it sleeps on an eventfd that C writes to.
+func Start(log zerolog.Logger, diskName DiskName) (*Fetcher, error) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("fetch: eventfd: %w", err)
+	}
+	f := &Fetcher{log: log, diskName: diskName, wakeFD: fd, stop: make(chan struct{}), done: make(chan struct{}),
+		inflight: map[uint64]*batch{}}
+	cshim.SetWakeFD(fd)
+	go f.run()
+	return f, nil
+}
+
+// Stop ends the worker after the reads in flight have finished (their
+// buffers belong to QEMU until then) or after a timeout.
+func (f *Fetcher) Stop() {
+	close(f.stop)
+	<-f.done
+	cshim.SetWakeFD(-1)
+	unix.Close(f.wakeFD)
+}
+
+func (f *Fetcher) run() {
+	defer close(f.done)
+	reqs := make([]cshim.FetchReq, 1024)
+	dones := make([]cshim.FetchDone, 64)
+	var stopAt time.Time
+	for {
+		busy := false
+		if n := cshim.ReqPop(reqs); n > 0 {
+			busy = true
+			for i := 0; i < n; i++ {
+				f.queued = append(f.queued, item{req: reqs[i]})
+			}
+		}
+		if n := cshim.DonePop(dones); n > 0 {
+			busy = true
+			for i := 0; i < n; i++ {
+				f.complete(dones[i].Cookie(), dones[i].Ret())
+			}
+		}
+		if len(f.queued) > 0 && len(f.inflight) < maxInFlight {
+			busy = true
+			f.issue(false)
+		}
+		f.settle()
+		select {
+		case <-f.stop:
+			if stopAt.IsZero() {
+				stopAt = time.Now()
+			}
+			if len(f.inflight) == 0 || time.Since(stopAt) > 5*time.Second {
+				return
+			}
+		default:
+		}
+		if !busy {
+			f.sleep()
+		}
+	}
+}
+
+// settle answers barrier and finish requests once nothing is queued or in flight.
+func (f *Fetcher) settle() {
+	req := cshim.FinishRequest()
+	if req == 0 || len(f.queued) > 0 || len(f.inflight) > 0 {
+		return
+	}
+	if len(f.failed) > 0 {
+		// Re-read what failed: the source's data is on storage by now (at a
+		// barrier, as far as it will be before the pages are needed).
+		for i := range f.failed {
+			f.failed[i].retry = true
+		}
+		f.queued, f.failed = f.failed, nil
+		f.issue(true)
+		return
+	}
+	if req&1 != 0 {
+		cshim.ClearBarrierRequest()
+		cshim.Kick()
+	}
+	if req&2 != 0 {
+		st := cshim.StatsSnapshot()
+		if f.nerrs > 0 || st.PendingPages() != 0 {
+			msg := strings.Join(f.errs, "; ")
+			if f.nerrs > len(f.errs) {
+				msg += fmt.Sprintf("; and %d more", f.nerrs-len(f.errs))
+			}
+			if msg == "" {
+				msg = fmt.Sprintf("%d pages still pending", st.PendingPages())
+			}
+			cshim.SetErr(fmt.Sprintf("%d disk references failed: %s", f.nerrs, msg))
+			cshim.SetFinishState(2)
+		} else {
+			cshim.SetFinishState(1)
+		}
+		cshim.Kick()
+	}
+}
+
+func (f *Fetcher) sleep() {
+	cshim.SetSleeping()
+	// Re-check after announcing sleep: C may have queued work just before.
+	if cshim.FinishRequest() != 0 && len(f.queued) == 0 && len(f.inflight) == 0 {
+		return
+	}
+	fds := []unix.PollFd{{Fd: int32(f.wakeFD), Events: unix.POLLIN}}
+	unix.Poll(fds, 20)
+	var b [8]byte
+	unix.Read(f.wakeFD, b[:])
+}
+
+func (f *Fetcher) buffer() ([]byte, error) {
+	if n := len(f.free); n > 0 {
+		b := f.free[n-1]
+		f.free = f.free[:n-1]
+		return b, nil
+	}
+	// Outside the Go heap: QEMU writes into it from its own threads.
+	return unix.Mmap(-1, 0, maxReadBlocks*cshim.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+}
+
+// issue coalesces queued items into reads of contiguous blocks, each
+// block read once however many pages reference it.
+func (f *Fetcher) issue(retry bool) {
+	sort.Slice(f.queued, func(i, j int) bool {
+		a, b := &f.queued[i].req, &f.queued[j].req
+		if a.Disk() != b.Disk() {
+			return a.Disk() < b.Disk()
+		}
+		return a.Block() < b.Block()
+	})
+	i := 0
+	for i < len(f.queued) && (len(f.inflight) < maxInFlight || retry) {
+		first := f.queued[i].req
+		j := i + 1
+		for j < len(f.queued) {
+			r := f.queued[j].req
+			if r.Disk() != first.Disk() || r.Block()-first.Block() >= maxReadBlocks {
+				break
+			}
+			prev := f.queued[j-1].req
+			if r.Block() != prev.Block() && r.Block() != prev.Block()+1 {
+				break
+			}
+			j++
+		}
+		last := f.queued[j-1].req.Block()
+		buf, err := f.buffer()
+		if err != nil {
+			f.log.Error().Err(err).Msg("no buffer for a storage read; retrying later")
+			break
+		}
+		b := &batch{disk: first.Disk(), first: first.Block(), nblocks: last - first.Block() + 1,
+			buf: buf, items: append([]item(nil), f.queued[i:j]...), retry: retry}
+		f.nextID++
+		id := f.nextID
+		f.inflight[id] = b
+		err = cshim.ReadDisk(b.disk, b.first<<cshim.PageShift, unsafe.Pointer(&buf[0]), b.nblocks*cshim.PageSize, id)
+		if err != nil {
+			delete(f.inflight, id)
+			f.free = append(f.free, buf)
+			f.fail(b.items, err.Error())
+		} else {
+			cshim.AddFetchReads(1)
+			cshim.AddFetchBytes(b.nblocks * cshim.PageSize)
+		}
+		i = j
+	}
+	f.queued = append(f.queued[:0], f.queued[i:]...)
+}
+
+func (f *Fetcher) complete(id uint64, ret int64) {
+	b, ok := f.inflight[id]
+	if !ok {
+		return
+	}
+	delete(f.inflight, id)
+	defer func() { f.free = append(f.free, b.buf) }()
+	if ret < 0 {
+		f.fail(b.items, fmt.Sprintf("storage read failed: %v", unix.Errno(-ret)))
+		return
+	}
+	reqs := make([]cshim.FetchReq, len(b.items))
+	bufs := make([]unsafe.Pointer, len(b.items))
+	for i := range b.items {
+		reqs[i] = b.items[i].req
+		bufs[i] = unsafe.Pointer(&b.buf[(reqs[i].Block()-b.first)*cshim.PageSize])
+	}
+	results := make([]uint8, len(reqs))
+	cshim.FillVerify(reqs, bufs, results)
+	var bad []item
+	for i, r := range results {
+		switch r {
+		case cshim.FillFilled:
+			if b.retry {
+				cshim.AddFallbacks(1)
+			}
+		case cshim.FillMismatch:
+			cshim.AddVerifyFailures(1)
+			bad = append(bad, b.items[i])
+		}
+	}
+	if len(bad) > 0 {
+		f.fail(bad, "block content does not match the reference's hash")
+	}
+	if first := cshim.FirstRefNS(); first != 0 {
+		cshim.SetFetchTime(cshim.NowNS() - first)
+	}
+}
+
+// fail parks items for a re-read, or, for items that were already re-read,
+// records the error that will fail the migration.
+func (f *Fetcher) fail(items []item, reason string) {
+	for _, it := range items {
+		r := it.req
+		where := fmt.Sprintf("page %s+%#x: block %#x of disk %d (%s)", cshim.RAMBlockName(int(r.RAMBlock())),
+			r.Page()<<cshim.PageShift, r.Block()<<cshim.PageShift, r.SrcDisk(), f.diskName(r.SrcDisk()))
+		if !cshim.FailPage(&r) {
+			continue // a later record replaced this reference
+		}
+		if !it.retry {
+			f.log.Warn().Str("where", where).Str("reason", reason).Msg("disk reference failed; will re-read after the source's final flush")
+			f.failed = append(f.failed, item{req: r, reason: reason})
+			continue
+		}
+		f.log.Error().Str("where", where).Str("reason", reason).Msg("disk reference failed again after the final flush")
+		f.nerrs++
+		if len(f.errs) < maxErrors {
+			f.errs = append(f.errs, where+": "+reason)
+		}
+		cshim.AbandonPage(&r)
+	}
+}
+
+

@@ -1,0 +1,232 @@
+// Command libnasmig.so (built with -buildmode=c-shared) is nasmig's library
+// for QEMU: loaded with `-plugin libnasmig.so[,key=value...]`, it tracks
+// which guest pages hold which disk blocks and serves disk references during
+// live migration.  The hot paths are C (package nasmig/cshim); the exports
+// here are the slow paths QEMU calls once per migration or per bitmap sync.
+package main
+
+/*
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include "../cshim/nasmig.h"
+void nasmig_fill_go(struct nasmig_lib *lib);
+*/
+import "C"
+
+import (
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"unsafe"
+
+	"github.com/google/uuid"
+	"github.com/rs/zerolog"
+
+	"nasmig/cshim"
+	"nasmig/plugin/config"
+	"nasmig/plugin/fetch"
+	"nasmig/plugin/p2b"
+	"nasmig/plugin/wire"
+)
+
+func main() {}
+
+// lib is the process-wide state of the library (QEMU loads it once).
+var lib struct {
+	mu       sync.Mutex
+	cfg      config.Config
+	log      zerolog.Logger
+	keySeed  [32]byte
+	m        *p2b.Map
+	stop     chan struct{}
+	fetcher  *fetch.Fetcher
+	setup    *wire.Setup // destination: the source's disk table
+	debugSrv io.Closer
+}
+
+func cError(buf *C.char, n C.size_t, msg string) {
+	if n == 0 {
+		return
+	}
+	b := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(n))
+	k := copy(b[:n-1], msg)
+	b[k] = 0
+}
+
+//export nasmig_register
+func nasmig_register(host *C.struct_nasmig_host, out *C.struct_nasmig_lib, args **C.char, nargs C.int, errBuf *C.char, errLen C.size_t) C.int {
+	if host == nil || host.abi_version != C.NASMIG_ABI_VERSION || uintptr(host.struct_size) < unsafe.Sizeof(*host) {
+		var v C.uint32_t
+		if host != nil {
+			v = host.abi_version
+		}
+		cError(errBuf, errLen, fmt.Sprintf("ABI version mismatch: QEMU speaks nasmig ABI %d, libnasmig.so speaks %d; rebuild both from one checkout", v, cshim.ABIVersion))
+		return -C.EPROTO
+	}
+	var argv []string
+	for _, a := range unsafe.Slice(args, int(nargs)) {
+		argv = append(argv, C.GoString(a))
+	}
+	cfg, err := config.Parse(argv)
+	if err != nil {
+		cError(errBuf, errLen, err.Error())
+		return -C.EINVAL
+	}
+	if err := initLibrary(cfg, unsafe.Pointer(host), unsafe.Pointer(out)); err != nil {
+		cError(errBuf, errLen, err.Error())
+		return -C.EINVAL
+	}
+	return 0
+}
+
+func initLibrary(cfg config.Config, host, out unsafe.Pointer) error {
+	lib.mu.Lock()
+	defer lib.mu.Unlock()
+	lib.cfg = cfg
+	var w io.Writer = os.Stderr
+	if cfg.LogFile != "" {
+		f, err := os.OpenFile(cfg.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return fmt.Errorf("logfile: %w", err)
+		}
+		w = f
+	}
+	lib.log = zerolog.New(w).Level(cfg.LogLevel).With().Timestamp().Str("component", "nasmig").Logger()
+	if err := cshim.Init(cfg.RingSlots); err != nil {
+		return err
+	}
+	if err := cshim.SetExclude(cfg.Exclude); err != nil {
+		return err
+	}
+	// The key is secret to the hosts: a guest cannot aim for collisions.
+	if _, err := rand.Read(lib.keySeed[:]); err != nil {
+		return fmt.Errorf("hash key: %w", err)
+	}
+	cshim.SetKey(cshim.ExpandKey(lib.keySeed))
+	cshim.SetFlags(cfg.Enabled, cfg.Auto)
+	cshim.SetHost(host)
+	cshim.FillLib(out)
+	C.nasmig_fill_go((*C.struct_nasmig_lib)(out))
+	lib.m = p2b.New()
+	lib.stop = make(chan struct{})
+	if cfg.Enabled {
+		go lib.m.Run(lib.stop)
+	}
+	if cfg.DebugSocket != "" {
+		srv, err := serveDebug(cfg.DebugSocket, lib.log)
+		if err != nil {
+			return err
+		}
+		lib.debugSrv = srv
+	}
+	lib.log.Info().Bool("enabled", cfg.Enabled).Bool("auto", cfg.Auto).Strs("exclude", cfg.Exclude).Msg("libnasmig loaded")
+	return nil
+}
+
+//export nasmigSourceSetup
+func nasmigSourceSetup(buf *C.uint8_t, length *C.uint32_t) C.int {
+	lib.mu.Lock()
+	defer lib.mu.Unlock()
+	s := &wire.Setup{Migration: uuid.New(), KeySeed: lib.keySeed}
+	for i := 0; i < cshim.DiskCount(); i++ {
+		d := cshim.Disk(i)
+		if d.Excluded {
+			continue
+		}
+		s.Disks = append(s.Disks, wire.Disk{Index: uint8(i), Size: d.Size, Filename: d.Filename, NodeName: d.NodeName})
+	}
+	b, err := wire.EncodeSetup(s)
+	if err == nil && len(b) > int(*length) {
+		err = fmt.Errorf("setup section of %d bytes exceeds %d", len(b), *length)
+	}
+	if err != nil {
+		cshim.SetErr(err.Error())
+		return -C.EINVAL
+	}
+	C.memcpy(unsafe.Pointer(buf), unsafe.Pointer(&b[0]), C.size_t(len(b)))
+	*length = C.uint32_t(len(b))
+	lib.m.SetMigrating(true)
+	lib.m.Sync()
+	lib.log.Info().Str("migration", s.Migration.String()).Int("disks", len(s.Disks)).Int64("mapped_pages", lib.m.Mapped()).Msg("outgoing migration with disk references")
+	return 0
+}
+
+//export nasmigBeforeBitmapSync
+func nasmigBeforeBitmapSync() {
+	lib.m.Sync()
+}
+
+//export nasmigSourceCleanup
+func nasmigSourceCleanup(failed C.int) {
+	lib.m.SetMigrating(false)
+	st := cshim.StatsSnapshot()
+	lib.log.Info().Bool("failed", failed != 0).Uint64("ref_pages", st.RefPages()).Uint64("ref_misses", st.RefMisses()).Msg("outgoing migration ended")
+}
+
+//export nasmigDestSetup
+func nasmigDestSetup(buf *C.uint8_t, length C.uint32_t) C.int {
+	lib.mu.Lock()
+	defer lib.mu.Unlock()
+	s, err := wire.DecodeSetup(C.GoBytes(unsafe.Pointer(buf), C.int(length)))
+	if err != nil {
+		cshim.SetErr(err.Error())
+		return -C.EINVAL
+	}
+	if lib.fetcher != nil {
+		lib.fetcher.Stop()
+		lib.fetcher = nil
+	}
+	cshim.DestReset()
+	cshim.SetKey(cshim.ExpandKey(s.KeySeed))
+	for _, d := range s.Disks {
+		h, err := cshim.AttachDisk(d.Filename, d.Size)
+		if err != nil {
+			cshim.SetErr(fmt.Sprintf("shared disk %d (%s) is not usable here: %v", d.Index, d.Filename, err))
+			return -C.ENODEV
+		}
+		cshim.SetDestDisk(int(d.Index), h, d.Size)
+	}
+	lib.setup = s
+	names := map[uint32]string{}
+	for _, d := range s.Disks {
+		names[uint32(d.Index)] = d.Filename
+	}
+	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] })
+	if err != nil {
+		cshim.SetErr(err.Error())
+		return -C.EIO
+	}
+	lib.fetcher = f
+	cshim.SetDestOn(true)
+	lib.log.Info().Str("migration", s.Migration.String()).Int("disks", len(s.Disks)).Msg("incoming migration with disk references")
+	return 0
+}
+
+//export nasmigDestCleanup
+func nasmigDestCleanup(failed C.int) {
+	lib.mu.Lock()
+	defer lib.mu.Unlock()
+	cshim.SetDestOn(false)
+	if lib.fetcher != nil {
+		lib.fetcher.Stop()
+		lib.fetcher = nil
+	}
+	st := cshim.StatsSnapshot()
+	lib.log.Info().Bool("failed", failed != 0).Uint64("fetched_pages", st.FetchedPages()).Uint64("verify_failures", st.VerifyFailures()).Uint64("fallbacks", st.Fallbacks()).Msg("incoming migration ended")
+}
+
+//export nasmigShutdown
+func nasmigShutdown() {
+	lib.mu.Lock()
+	defer lib.mu.Unlock()
+	if lib.stop != nil {
+		close(lib.stop)
+		lib.stop = nil
+	}
+	if lib.debugSrv != nil {
+		lib.debugSrv.Close()
+	}
+}

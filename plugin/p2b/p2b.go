@@ -1,0 +1,245 @@
+// Package p2b is the writer of nasmig's page-to-block map.
+//
+// The map lives in memory shared with C (see cshim/shim.h for the word
+// layouts): per RAM block a forward word per guest page (disk, block, 16
+// filter bits of the page hash) and per disk a chunked reverse index (page,
+// 24 more filter bits).  QEMU's threads read it lock-free in C; this package
+// is its only writer, driven by one drainer goroutine and, synchronously,
+// by the migration thread before each dirty-bitmap sync.  Writers are
+// serialised by Map.mu; readers never lock.
+//
+// A block maps to at most one page: a later read of the same block moves
+// the mapping, so that one reverse word per block suffices (24 bytes per
+// tracked page when the disk blocks are dense).
+package p2b
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"nasmig/cshim"
+)
+
+// PageRef names one guest page.
+type PageRef struct {
+	RAMBlock uint32
+	Page     uint64
+}
+
+// Map applies tracking records to the shared map.
+type Map struct {
+	mu        sync.Mutex
+	migrating bool      // invalidated pages must be sent again
+	redirty   []PageRef // pages to mark dirty at the next bitmap sync
+	buf       []cshim.Rec
+	lastLost  uint64
+	mapped    atomic.Int64
+}
+
+// New returns the writer of the (global) shared map.
+func New() *Map {
+	return &Map{buf: make([]cshim.Rec, 4096), lastLost: cshim.LostInvalidations()}
+}
+
+// Mapped is the number of pages the map covers.
+func (m *Map) Mapped() int64 { return m.mapped.Load() }
+
+// DrainOnce applies up to one buffer of records; returns how many.
+func (m *Map) DrainOnce() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.drainLocked()
+}
+
+func (m *Map) drainLocked() int {
+	n := cshim.RingPop(m.buf)
+	for i := 0; i < n; i++ {
+		m.apply(&m.buf[i])
+	}
+	if lost := cshim.LostInvalidations(); lost != m.lastLost {
+		// A write we could not record may have hit any block: fail closed.
+		m.lastLost = lost
+		m.dropAllLocked()
+	}
+	return n
+}
+
+// Sync drains everything queued so far and, during a migration, marks every
+// page whose block changed dirty again.  Called on the migration thread
+// before each dirty-bitmap sync.
+func (m *Map) Sync() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for m.drainLocked() > 0 {
+	}
+	for _, p := range m.redirty {
+		cshim.MarkDirty(p.RAMBlock, p.Page<<cshim.PageShift, cshim.PageSize)
+	}
+	m.redirty = m.redirty[:0]
+}
+
+// SetMigrating switches re-sending of invalidated pages on or off.
+func (m *Map) SetMigrating(on bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.migrating = on
+	m.redirty = m.redirty[:0]
+}
+
+// Run drains the ring until stop is closed.  Polling keeps QEMU's I/O path
+// free of wake-ups; the interval grows while the ring stays empty.
+func (m *Map) Run(stop <-chan struct{}) {
+	idle := 0
+	for {
+		if m.DrainOnce() > 0 {
+			idle = 0
+			continue
+		}
+		idle++
+		d := time.Millisecond
+		if idle > 100 {
+			d = 20 * time.Millisecond
+		}
+		select {
+		case <-stop:
+			return
+		case <-time.After(d):
+		}
+	}
+}
+
+func (m *Map) apply(r *cshim.Rec) {
+	switch cshim.RecType(r) {
+	case cshim.RecMap:
+		m.mapPage(cshim.RecRAMBlock(r), cshim.RecPage(r), cshim.RecDisk(r), cshim.RecBlock(r), cshim.RecHash(r))
+	case cshim.RecInval:
+		m.invalidate(cshim.RecDisk(r), cshim.RecBlock(r), cshim.RecPage(r))
+	}
+}
+
+func fwdWord(disk int, block, hash uint64) uint64 {
+	return cshim.FwdValid | uint64(disk)<<cshim.FwdDiskShift | cshim.H16(hash)<<cshim.FwdH16Shift | block
+}
+
+func revWord(rb uint32, page, hash uint64) uint64 {
+	return cshim.H24(hash)<<cshim.RevH24Shift | uint64(rb)<<cshim.RevRBShift | (page + 1)
+}
+
+func fwdDisk(w uint64) int     { return int((w >> cshim.FwdDiskShift) & cshim.FwdDiskMask) }
+func fwdBlock(w uint64) uint64 { return w & cshim.FwdBlockMask }
+
+func revPage(w uint64) (uint32, uint64, bool) {
+	p := w & cshim.RevPageMask
+	if p == 0 {
+		return 0, 0, false
+	}
+	return uint32((w >> cshim.RevRBShift) & cshim.RevRBMask), p - 1, true
+}
+
+func (m *Map) revSlot(disk int, block uint64, alloc bool) *uint64 {
+	chunk, err := cshim.RevChunkAt(disk, block>>cshim.RevChunkShift, alloc)
+	if err != nil || chunk == nil {
+		return nil
+	}
+	return &chunk[block&(cshim.RevChunk-1)]
+}
+
+// unmapPage clears page's forward word if it still maps (disk, block).
+func (m *Map) unmapPage(rb uint32, page uint64, disk int, block uint64) bool {
+	if int(rb) >= cshim.RAMBlockCount() {
+		return false
+	}
+	fwd := cshim.Forward(int(rb))
+	if page >= uint64(len(fwd)) {
+		return false
+	}
+	w := atomic.LoadUint64(&fwd[page])
+	if w&cshim.FwdValid == 0 || fwdDisk(w) != disk || fwdBlock(w) != block {
+		return false
+	}
+	atomic.StoreUint64(&fwd[page], 0)
+	m.mapped.Add(-1)
+	cshim.AddMappedPages(-1)
+	return true
+}
+
+func (m *Map) mapPage(rb uint32, page uint64, disk int, block, hash uint64) {
+	if int(rb) >= cshim.RAMBlockCount() || disk >= cshim.DiskCount() || block > cshim.FwdBlockMask {
+		return
+	}
+	fwd := cshim.Forward(int(rb))
+	if page >= uint64(len(fwd)) || page+1 > cshim.RevPageMask {
+		return
+	}
+	// The page's previous mapping goes first; readers see an invalid word
+	// while the reverse side changes.
+	if old := atomic.LoadUint64(&fwd[page]); old&cshim.FwdValid != 0 {
+		m.unmapPage(rb, page, fwdDisk(old), fwdBlock(old))
+		if slot := m.revSlot(fwdDisk(old), fwdBlock(old), false); slot != nil {
+			if orb, opage, ok := revPage(atomic.LoadUint64(slot)); ok && orb == rb && opage == page {
+				atomic.StoreUint64(slot, 0)
+			}
+		}
+	}
+	slot := m.revSlot(disk, block, true)
+	if slot == nil {
+		return
+	}
+	// One page per block: the block's previous page loses its mapping.
+	if prb, ppage, ok := revPage(atomic.LoadUint64(slot)); ok && (prb != rb || ppage != page) {
+		m.unmapPage(prb, ppage, disk, block)
+	}
+	atomic.StoreUint64(slot, revWord(rb, page, hash))
+	atomic.StoreUint64(&fwd[page], fwdWord(disk, block, hash))
+	m.mapped.Add(1)
+	cshim.AddMappedPages(1)
+}
+
+// invalidate drops every mapping to blocks [first, first+count) of disk.
+func (m *Map) invalidate(disk int, first, count uint64) {
+	if disk >= cshim.DiskCount() || count == 0 {
+		return
+	}
+	end := first + count
+	if end < first { // overflow: to the end of the disk
+		end = ^uint64(0)
+	}
+	var dropped uint64
+	for b := first; b < end; {
+		idx := b >> cshim.RevChunkShift
+		if idx >= cshim.RevChunkCount(disk) {
+			break
+		}
+		chunkEnd := (idx + 1) << cshim.RevChunkShift
+		chunk, _ := cshim.RevChunkAt(disk, idx, false)
+		if chunk == nil {
+			b = chunkEnd
+			continue
+		}
+		stop := min(end, chunkEnd)
+		for ; b < stop; b++ {
+			slot := &chunk[b&(cshim.RevChunk-1)]
+			w := atomic.LoadUint64(slot)
+			rb, page, ok := revPage(w)
+			if !ok {
+				continue
+			}
+			m.unmapPage(rb, page, disk, b)
+			atomic.StoreUint64(slot, 0)
+			dropped++
+			if m.migrating {
+				m.redirty = append(m.redirty, PageRef{rb, page})
+			}
+		}
+	}
+	if dropped > 0 {
+		cshim.AddInvalidations(dropped)
+	}
+}
+
+func (m *Map) dropAllLocked() {
+	for d := 0; d < cshim.DiskCount(); d++ {
+		m.invalidate(d, 0, ^uint64(0))
+	}
+}

@@ -1,0 +1,6 @@
+# Pinned versions: the one home for every external version nasmig builds against.
+# Sourced by build.sh; its values reach the tests through the environment.
+NASMIG_QEMU_VERSION="1:10.0.13+ds-0+deb13u1"   # Debian trixie source package
+NASMIG_QEMU_UPSTREAM="10.0.13"
+NASMIG_KERNEL_PKG_GLOB="linux-image-6.1.0-*-amd64"  # newest bookworm 6.1 image package, resolved by apt
+NASMIG_MESON_MIN="1.5"
