@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# nasmig's single entry point.  Run as root on Debian 12.
+#
+#   ./build.sh [build]   install what is missing, build patched QEMU, libnasmig.so, tools
+#   ./build.sh test      build, then run every test (unit, race, fuzz seeds, C ABI, end to end)
+#   ./build.sh demo      build, then migrate a guest with and without nasmig and compare
+#   ./build.sh bench     build, then run the benchmarks that print figures
+#   ./build.sh help
+#
+# Caches live outside the checkout (NASMIG_CACHE, default /var/cache/nasmig):
+# the patched QEMU build is keyed by the QEMU version, the patches, the ABI
+# header and the configure line, so an unchanged second run takes seconds.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here"
+# shellcheck source=tools/pins.sh
+. tools/pins.sh
+
+CACHE=${NASMIG_CACHE:-/var/cache/nasmig}
+OUT=${NASMIG_OUT_DIR:-$here/out}
+FIRMWARE=$CACHE/firmware
+export PATH=/usr/local/go/bin:$PATH
+export GOFLAGS=${GOFLAGS:--mod=mod}
+
+step_start=0
+step() { step_start=$(date +%s.%N); printf '\n==> %s\n' "$*"; }
+done_step() { printf '    (%.1f s)\n' "$(echo "$(date +%s.%N) - $step_start" | bc)"; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+	cat <<EOF
+usage: ./build.sh [command]
+
+commands:
+  build   (default) install missing packages, build the patched QEMU $NASMIG_QEMU_UPSTREAM,
+          libnasmig.so and the tools into $OUT
+  test    build, then run all tests: Go unit, race, fuzz seeds, C ABI, end-to-end
+          migrations of a real guest (the README's test command)
+  demo    build, then migrate a guest with and without nasmig and print a comparison
+  bench   build, then run the benchmarks (figures printed, nothing asserted on time)
+  help    this text
+
+environment: NASMIG_CACHE (default /var/cache/nasmig), NASMIG_OUT_DIR (default ./out),
+             NASMIG_ACCEL=kvm|tcg to skip the accelerator probe, NASMIG_KEEP=DIR to keep logs
+EOF
+}
+
+# ---------------------------------------------------------------- packages
+as_root() {
+	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+		die "need root to run: $*"
+	fi
+}
+
+PKGS="ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev flex bison pkg-config zlib1g-dev
+libzstd-dev python3-venv seabios dpkg-dev e2fsprogs iproute2 xz-utils zstd cpio bc gcc make
+binutils"
+BACKPORT_PKGS="meson python3-pycotap"
+
+ensure_packages() {
+	local src=/etc/apt/sources.list.d/nasmig.sources missing=() p
+	if [ ! -f "$src" ]; then
+		step "adding Debian entries: bookworm-backports (binary) and trixie (source only)"
+		as_root tee "$src" >/dev/null <<'EOF'
+# Added by nasmig's build.sh.  Backports never upgrade anything unless asked
+# for with -t; the trixie entry is source-only (for the pinned QEMU source).
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+		as_root apt-get update -q
+		done_step
+	fi
+	for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+	if [ ${#missing[@]} -gt 0 ]; then
+		step "installing ${missing[*]}"
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+			|| { as_root apt-get update -q && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+		done_step
+	fi
+	missing=()
+	for p in $BACKPORT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+	local mv
+	mv=$(meson --version 2>/dev/null || echo 0)
+	if [ ${#missing[@]} -gt 0 ] || ! printf '%s\n%s\n' "$NASMIG_MESON_MIN" "$mv" | sort -V -C; then
+		step "installing from bookworm-backports: $BACKPORT_PKGS"
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports $BACKPORT_PKGS
+		done_step
+	fi
+	command -v go >/dev/null || die "Go is missing (expected /usr/local/go)"
+}
+
+# ---------------------------------------------------------------- QEMU
+CONFIGURE_ARGS="--python=/usr/bin/python3 --target-list=x86_64-softmmu --without-default-features
+--enable-kvm --enable-tcg --enable-plugins --enable-zstd --enable-tools --disable-docs
+--disable-werror --disable-download --disable-install-blobs --firmwarepath=$FIRMWARE:/usr/share/seabios"
+QEMU_TARGETS="qemu-system-x86_64 qemu-img qemu-nbd storage-daemon/qemu-storage-daemon"
+
+qemu_key() {
+	{
+		echo "$NASMIG_QEMU_VERSION"
+		echo "$CONFIGURE_ARGS"
+		cat qemu-patches/series
+		while read -r p; do [ -n "$p" ] && cat "qemu-patches/$p"; done <qemu-patches/series
+		cat cshim/nasmig.h
+	} | sha256sum | cut -c1-16
+}
+
+fetch_qemu_source() {
+	local dir=$CACHE/src dsc
+	dsc=$dir/qemu_${NASMIG_QEMU_VERSION#*:}.dsc
+	if [ ! -f "$dsc" ]; then
+		step "fetching QEMU source $NASMIG_QEMU_VERSION (apt-get source, Debian patches applied)"
+		mkdir -p "$dir"
+		(cd "$dir" && apt-get source -q --download-only "qemu=$NASMIG_QEMU_VERSION") \
+			|| die "apt-get source qemu=$NASMIG_QEMU_VERSION failed (is the trixie deb-src entry reachable?)"
+		done_step
+	fi
+	QEMU_DSC=$dsc
+}
+
+build_qemu() {
+	local key tree build
+	key=$(qemu_key)
+	build=$CACHE/qemu-build-$key
+	QEMU_BUILD=$build
+	if [ -f "$build/.nasmig-built" ]; then
+		echo "QEMU: cached build $build (key $key)"
+		return
+	fi
+	fetch_qemu_source
+	tree=$CACHE/qemu-src-$key
+	step "unpacking and patching QEMU into $tree"
+	rm -rf "$tree" "$build"
+	dpkg-source -x "$QEMU_DSC" "$tree" >/dev/null
+	while read -r p; do
+		[ -n "$p" ] || continue
+		patch -d "$tree" -p1 --dry-run -s <"qemu-patches/$p" >/dev/null 2>&1 \
+			|| die "patch qemu-patches/$p does not apply to QEMU $NASMIG_QEMU_VERSION"
+		patch -d "$tree" -p1 -s <"qemu-patches/$p"
+		echo "    applied $p"
+	done <qemu-patches/series
+	# The ABI header has one home (cshim/); QEMU gets a copy.
+	mkdir -p "$tree/include/nasmig"
+	cp cshim/nasmig.h "$tree/include/nasmig/nasmig.h"
+	done_step
+	step "configuring QEMU"
+	mkdir -p "$build"
+	# shellcheck disable=SC2086
+	(cd "$build" && "$tree/configure" $CONFIGURE_ARGS >configure.log 2>&1) \
+		|| { tail -30 "$build/configure.log"; die "QEMU configure failed (log: $build/configure.log)"; }
+	done_step
+	step "building QEMU ($QEMU_TARGETS)"
+	# shellcheck disable=SC2086
+	(cd "$build" && ninja $QEMU_TARGETS >build.log 2>&1) \
+		|| { grep -E "error|FAILED" -A3 "$build/build.log" | head -40; die "QEMU build failed (log: $build/build.log)"; }
+	done_step
+	step "building x86 option ROMs (linuxboot_dma.bin, kvmvapic.bin, ...)"
+	mkdir -p "$build/optionrom"
+	ln -sf "$tree/pc-bios/optionrom/Makefile" "$build/optionrom/Makefile"
+	printf 'TOPSRC_DIR=%s\nEXTRA_CFLAGS=\n' "$tree" >"$build/optionrom/config.mak"
+	printf 'CC=cc\nCCAS=cc\nAR=ar\nAS=as\nLD=ld\nNM=nm\nOBJCOPY=objcopy\nRANLIB=ranlib\nSTRIP=strip\n' >"$build/optionrom/config-cc.mak"
+	cat >>"$build/optionrom/config-cc.mak" <<'EOF'
+override CFLAGS += -fcf-protection=none
+override CFLAGS += -fno-pie
+override CFLAGS += -no-pie
+override CFLAGS += -fno-stack-protector
+override CFLAGS += -Wno-array-bounds
+EOF
+	make -s -C "$build/optionrom" >/dev/null || die "option ROM build failed"
+	done_step
+	touch "$build/.nasmig-built"
+	# Older builds of other keys are dead weight.
+	find "$CACHE" -maxdepth 1 \( -name 'qemu-build-*' -o -name 'qemu-src-*' \) ! -name "*-$key" -exec rm -rf {} + 2>/dev/null || true
+}
+
+install_firmware() {
+	mkdir -p "$FIRMWARE"
+	cp -u "$QEMU_BUILD"/optionrom/*.bin "$FIRMWARE/"
+}
+
+# ---------------------------------------------------------------- Go
+build_go() {
+	step "building libnasmig.so and the tools"
+	mkdir -p "$OUT"
+	go build -buildmode=c-shared -o "$OUT/libnasmig.so" ./plugin
+	rm -f "$OUT/libnasmig.h"
+	for t in tools/*/; do
+		t=${t%/}
+		[ -f "$t/main.go" ] && go build -o "$OUT/$(basename "$t")" "./$t"
+	done
+	for b in qemu-system-x86_64 qemu-img qemu-nbd storage-daemon/qemu-storage-daemon; do
+		ln -sf "$QEMU_BUILD/$b" "$OUT/$(basename "$b")"
+	done
+	ln -sfn "$FIRMWARE" "$OUT/firmware"
+	done_step
+}
+
+do_build() {
+	local t0
+	t0=$(date +%s)
+	ensure_packages
+	build_qemu
+	install_firmware
+	build_go
+	cat <<EOF
+
+nasmig is built ($(($(date +%s) - t0)) s):
+  QEMU (patched)   $OUT/qemu-system-x86_64   (build dir $QEMU_BUILD)
+  tools            $OUT/qemu-img $OUT/qemu-nbd $OUT/qemu-storage-daemon
+  library          $OUT/libnasmig.so
+  firmware         $FIRMWARE (and /usr/share/seabios)
+Use:  $OUT/qemu-system-x86_64 -plugin $OUT/libnasmig.so ...
+EOF
+}
+
+# ---------------------------------------------------------------- guest and tests
+GUEST=$CACHE/guest
+build_guest() {
+	step "guest image (kernel from Debian, our init, data disks)"
+	NASMIG_QEMU_IMG="$OUT/qemu-img" bash tests/guest/mkguest.sh "$GUEST"
+	done_step
+}
+
+test_env() {
+	export NASMIG_OUT=$OUT NASMIG_GUEST=$GUEST
+	export NASMIG_QEMU_DATADIRS=$FIRMWARE:/usr/share/seabios
+}
+
+do_test() {
+	local t0 fail=0
+	t0=$(date +%s)
+	do_build
+	build_guest
+	test_env
+	step "go vet"
+	go vet ./... || fail=1
+	done_step
+	step "unit tests (Go, C ABI, fuzz seeds)"
+	go test -count=1 ./cshim/... ./plugin/... ./tools/... ./tests/guest/... ./tests/harness/... || fail=1
+	done_step
+	step "race tests"
+	go test -count=1 -race ./cshim/... ./plugin/... ./tests/harness/... || fail=1
+	done_step
+	step "end-to-end migrations of a real guest"
+	go test -count=1 -v -timeout 70m ./tests/e2e/... || fail=1
+	done_step
+	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "ALL TESTS PASSED" || echo "TESTS FAILED")" $(($(date +%s) - t0))
+	return $fail
+}
+
+do_demo() {
+	do_build
+	build_guest
+	test_env
+	step "demo: migrating a guest whose page cache holds disk data, with and without nasmig"
+	"$OUT/nasmig-demo" "$@"
+}
+
+do_bench() {
+	do_build
+	test_env
+	step "micro-benchmarks and memory footprint"
+	NASMIG_BENCH=1 go test -count=1 -run 'MicroBench|MemoryFootprint' -v ./plugin/... | grep -vE '^(=== RUN|--- PASS|PASS|ok )' || true
+	go test -count=1 -run '^$' -bench . -benchtime 2s ./cshim/... ./plugin/...
+}
+
+cmd=${1:-build}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+build) do_build ;;
+test) do_test ;;
+demo) do_demo "$@" ;;
+bench) do_bench ;;
+help | -h | --help) usage ;;
+*)
+	echo "build.sh: unknown command '$cmd'" >&2
+	usage >&2
+	exit 2
+	;;
+esac
