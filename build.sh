@@ -246,7 +246,7 @@ do_test() {
 	go vet ./... || fail=1
 	done_step
 	step "unit tests (Go, C ABI, fuzz seeds)"
-	go test -count=1 ./cshim/... ./plugin/... ./tools/... ./tests/guest/... ./tests/harness/... || fail=1
+	go test -count=1 ./cshim/... ./plugin/... ./tools/... ./tests/guest/... ./tests/harness/... ./tests/qemustart/... || fail=1
 	done_step
 	step "race tests"
 	go test -count=1 -race ./cshim/... ./plugin/... ./tests/harness/... || fail=1

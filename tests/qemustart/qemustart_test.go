@@ -1,0 +1,127 @@
+// Package qemustart checks that the patched QEMU starts, and that its
+// -plugin loader accepts libnasmig.so under TCG and KVM and refuses a bad
+// path, a bad argument and a library of another ABI version with a clear
+// message and a non-zero exit.
+package qemustart
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func outDir(t *testing.T) string {
+	d := os.Getenv("NASMIG_OUT")
+	if d == "" {
+		t.Skip("NASMIG_OUT is not set: run through ./build.sh test (skipping the QEMU start tests)")
+	}
+	return d
+}
+
+// runQEMU starts QEMU with a QMP monitor on stdin that quits at once.
+func runQEMU(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(outDir(t), "qemu-system-x86_64"), args...)
+	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" +
+		`{"execute":"query-migrate-capabilities"}` + "\n" + `{"execute":"quit"}` + "\n")
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func base(accel string) []string {
+	return []string{"-accel", accel, "-machine", "none", "-display", "none", "-nodefaults", "-qmp", "stdio"}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(filepath.Join(outDir(t), "qemu-system-x86_64"), "-version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "10.0.13") {
+		t.Fatalf("qemu -version: %v\n%s", err, out)
+	}
+}
+
+func TestStartsAndExits(t *testing.T) {
+	if out, err := runQEMU(t, base("tcg")...); err != nil {
+		t.Fatalf("plain start: %v\n%s", err, out)
+	}
+}
+
+func TestPluginLoadsAndEnablesCapability(t *testing.T) {
+	lib := filepath.Join(outDir(t), "libnasmig.so")
+	accels := []string{"tcg"}
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		accels = append(accels, "kvm")
+	} else {
+		t.Logf("no usable /dev/kvm (%v): the KVM load check is skipped", err)
+	}
+	for _, accel := range accels {
+		out, err := runQEMU(t, append(base(accel), "-plugin", lib)...)
+		if err != nil {
+			t.Fatalf("%s: start with the plugin: %v\n%s", accel, err, out)
+		}
+		for _, cap := range []string{"x-disk-refs", "return-path"} {
+			if !strings.Contains(out, `"state": true, "capability": "`+cap+`"`) {
+				t.Errorf("%s: capability %s not switched on by the plugin:\n%s", accel, cap, out)
+			}
+		}
+		t.Logf("%s: libnasmig.so loaded, x-disk-refs and return-path on", accel)
+	}
+	out, err := runQEMU(t, append(base("tcg"), "-plugin", lib+",auto=off")...)
+	if err != nil || strings.Contains(out, `"state": true, "capability": "x-disk-refs"`) {
+		t.Fatalf("auto=off must leave x-disk-refs off: %v\n%s", err, out)
+	}
+}
+
+func expectFailure(t *testing.T, want string, args ...string) {
+	t.Helper()
+	out, err := runQEMU(t, append(base("tcg"), args...)...)
+	if err == nil {
+		t.Fatalf("QEMU started, want a failure mentioning %q:\n%s", want, out)
+	}
+	if !strings.Contains(out, want) {
+		t.Fatalf("error does not mention %q:\n%s", want, out)
+	}
+}
+
+func TestBadPath(t *testing.T) {
+	expectFailure(t, "Could not load plugin", "-plugin", "/nonexistent/libnasmig.so")
+}
+
+func TestBadArgument(t *testing.T) {
+	expectFailure(t, "bad plugin argument", "-plugin", filepath.Join(outDir(t), "libnasmig.so")+",frobnicate=1")
+	expectFailure(t, "want on or off", "-plugin", filepath.Join(outDir(t), "libnasmig.so")+",enable=maybe")
+}
+
+// A library that answers with another ABI version must be refused by QEMU.
+func TestWrongABIVersion(t *testing.T) {
+	outDir(t)
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc missing: cannot build the wrong-ABI library (skipped)")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "wrongabi.c")
+	hdr, _ := filepath.Abs("../../cshim")
+	os.WriteFile(src, []byte(`#include <stdint.h>
+#include <string.h>
+#include "nasmig.h"
+int qemu_plugin_version = 4;
+int qemu_plugin_install(uint64_t id, const void *i, int c, char **v) { return 0; }
+int nasmig_register(const struct nasmig_host *h, struct nasmig_lib *l, const char **a, int n, char *e, size_t el) {
+	memset(l, 0, sizeof(*l));
+	l->abi_version = NASMIG_ABI_VERSION + 1;
+	l->struct_size = sizeof(*l);
+	return 0;
+}
+`), 0o644)
+	so := filepath.Join(dir, "libwrongabi.so")
+	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-I", hdr, "-o", so, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	expectFailure(t, "does not match this QEMU's ABI", "-plugin", so)
+}
