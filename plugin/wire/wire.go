@@ -154,6 +154,9 @@ func DecodeSetup(b []byte) (*Setup, error) {
 			break
 		}
 		d.Index = idx[0]
+		if len(d.Filename) > MaxFilename || len(d.NodeName) > MaxFilename {
+			return nil, fmt.Errorf("%w: disk %d name too long", ErrTooLarge, d.Index)
+		}
 		if int(d.Index) >= cshim.MaxDisks || seen[d.Index] || d.Filename == "" {
 			return nil, fmt.Errorf("%w %d (%q)", ErrBadDisk, d.Index, d.Filename)
 		}
