@@ -47,15 +47,25 @@ type MigrationStats struct {
 }
 
 // DiskRefStats is the "disk-refs" object nasmig adds to query-migrate (see
-// docs/testbed-contract.md). Stock QEMU has none.
+// docs/testbed-contract.md). Stock QEMU has none. Both sides answer with the
+// same object: the source fills the source counters, the destination the
+// destination counters (struct nasmig_stats in cshim/nasmig.h).
 type DiskRefStats struct {
-	RefPages       int64 `json:"ref-pages"`
-	RefBytesSaved  int64 `json:"ref-bytes-saved"`
-	FetchedPages   int64 `json:"fetched-pages"`
-	FetchReads     int64 `json:"fetch-reads"`
-	VerifyFailures int64 `json:"verify-failures"`
-	Fallbacks      int64 `json:"fallbacks"`
-	FetchTimeMs    int64 `json:"fetch-time-ms"`
+	// Source.
+	MappedPages   int64 `json:"mapped-pages"`    // guest pages the map covers now
+	RefPages      int64 `json:"ref-pages"`       // pages sent as references
+	RefBytesSaved int64 `json:"ref-bytes-saved"` // page bytes not sent because of them
+	RefMisses     int64 `json:"ref-misses"`      // mapped pages whose content changed at send
+	RingDrops     int64 `json:"ring-drops"`      // tracking records dropped (ring full)
+	Invalidations int64 `json:"invalidations"`   // mappings dropped by disk writes
+	// Destination.
+	FetchedPages   int64 `json:"fetched-pages"`   // pages filled from shared storage
+	FetchReads     int64 `json:"fetch-reads"`     // coalesced storage reads
+	FetchBytes     int64 `json:"fetch-bytes"`     // bytes read from shared storage
+	VerifyFailures int64 `json:"verify-failures"` // blocks whose hash did not match
+	Fallbacks      int64 `json:"fallbacks"`       // pages re-read after the source's final flush
+	FetchTimeMs    int64 `json:"fetch-time-ms"`   // first reference to last fill
+	PendingPages   int64 `json:"pending-pages"`   // fills not finished yet
 }
 
 // MigrationInfo is one side's query-migrate answer. Fields QEMU left out are

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,42 @@ const completedWithDiskRefs = `{
   "disk-refs": {"ref-pages": 307000, "ref-bytes-saved": 1257000000, "fetched-pages": 0, "fetch-reads": 0,
                 "verify-failures": 0, "fallbacks": 2, "fetch-time-ms": 0}
 }`
+
+// allDiskRefs carries every counter of the disk-refs object, each with a
+// distinct value, as the patched QEMU sends it.
+const allDiskRefs = `{"status": "completed", "disk-refs": {
+  "mapped-pages": 1, "ref-pages": 2, "ref-bytes-saved": 3, "ref-misses": 4, "ring-drops": 5,
+  "invalidations": 6, "fetched-pages": 7, "fetch-reads": 8, "fetch-bytes": 9,
+  "verify-failures": 10, "fallbacks": 11, "fetch-time-ms": 12, "pending-pages": 13}}`
+
+func TestParseMigrationInfoAllDiskRefCounters(t *testing.T) {
+	info, err := ParseMigrationInfo(json.RawMessage(allDiskRefs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DiskRefStats{
+		MappedPages: 1, RefPages: 2, RefBytesSaved: 3, RefMisses: 4, RingDrops: 5,
+		Invalidations: 6, FetchedPages: 7, FetchReads: 8, FetchBytes: 9,
+		VerifyFailures: 10, Fallbacks: 11, FetchTimeMs: 12, PendingPages: 13,
+	}
+	if info.DiskRefs == nil || *info.DiskRefs != want {
+		t.Errorf("disk-refs = %+v, want %+v", info.DiskRefs, want)
+	}
+	// Every name QEMU sends must land in a field: a decode with unknown
+	// fields refused proves no name is misspelt.
+	var raw struct {
+		DiskRefs json.RawMessage `json:"disk-refs"`
+	}
+	if err := json.Unmarshal(json.RawMessage(allDiskRefs), &raw); err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw.DiskRefs))
+	dec.DisallowUnknownFields()
+	var strict DiskRefStats
+	if err := dec.Decode(&strict); err != nil {
+		t.Errorf("disk-refs has a name DiskRefStats does not know: %v", err)
+	}
+}
 
 func TestParseMigrationInfo(t *testing.T) {
 	info, err := ParseMigrationInfo(json.RawMessage(completedWithDiskRefs))

@@ -1,0 +1,799 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"nasmig/tests/harness"
+)
+
+// Every case runs the same guest size; one guest pair at a time, because the
+// test host has two cores and a guest under TCG keeps one busy.
+const (
+	guestMemMiB = 1024
+	guestMiB    = 300 // nasmig.mib: page cache the workload fills
+	caseTimeout = 10 * time.Minute
+)
+
+// pluginMode says how a QEMU loads libnasmig.so.
+type pluginMode int
+
+const (
+	noPlugin  pluginMode = iota // no -plugin: stock QEMU behaviour
+	nasmigOn                    // -plugin libnasmig.so,log=info (auto=on: x-disk-refs and return-path on)
+	nasmigOff                   // -plugin libnasmig.so,enable=off: must change nothing
+)
+
+func (m pluginMode) String() string {
+	switch m {
+	case nasmigOn:
+		return "nasmig on"
+	case nasmigOff:
+		return "nasmig enable=off"
+	}
+	return "no plugin"
+}
+
+func (m pluginMode) apply(cfg *harness.VMConfig, env harness.Env) {
+	cfg.Plugin, cfg.PluginArgs = "", nil
+	switch m {
+	case nasmigOn:
+		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"log=info"}
+	case nasmigOff:
+		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"enable=off", "log=info"}
+	}
+}
+
+// e2eCase is one row of the table.
+type e2eCase struct {
+	name     string
+	workload string
+	format   string // image format (default raw)
+	bus      string // default virtio-blk
+	src, dst pluginMode
+	opts     harness.MigrateOpts // capabilities and parameters, set on both sides
+	// settle: heartbeats to wait for after "ready" before migrating.
+	settle int
+	// flow runs the migration and its checks; nil: migrateAndCheck.
+	flow func(t *testing.T, ctx context.Context, p *pair)
+	// check adds the case's assertions on the counters of a completed
+	// migration, after the RAM comparison.
+	check func(t *testing.T, o outcome)
+}
+
+// outcome is what a completed migration's query-migrate said, on both sides.
+type outcome struct {
+	result *harness.MigrationResult
+	src    harness.DiskRefStats // the source's disk-refs (zero when absent)
+	dst    harness.DiskRefStats // the destination's disk-refs (zero when absent)
+}
+
+func outcomeOf(result *harness.MigrationResult) outcome {
+	o := outcome{result: result}
+	if result == nil {
+		return o
+	}
+	if result.Source.DiskRefs != nil {
+		o.src = *result.Source.DiskRefs
+	}
+	if result.Destination.DiskRefs != nil {
+		o.dst = *result.Destination.DiskRefs
+	}
+	return o
+}
+
+// figures is one line of the summary printed at the end.
+type figures struct {
+	ran          bool // false: the case was filtered out (-run)
+	name         string
+	took         time.Duration
+	result       string // "pass", "FAIL", and for case 9 the path taken
+	status       string // the source's final migration status
+	totalTimeMs  int64
+	downtimeMs   int64
+	transferred  int64
+	refPages     int64
+	fetchedPages int64
+	note         string
+}
+
+func (f *figures) take(result *harness.MigrationResult) {
+	if result == nil {
+		return
+	}
+	o := outcomeOf(result)
+	f.status = result.Source.Status
+	f.totalTimeMs = result.Source.TotalTime
+	f.downtimeMs = result.Source.Downtime
+	if result.Source.RAM != nil {
+		f.transferred = result.Source.RAM.Transferred
+	}
+	f.refPages = o.src.RefPages
+	f.fetchedPages = o.dst.FetchedPages
+}
+
+func cases() []e2eCase {
+	nasmigBothSides := func(c e2eCase) e2eCase { c.src, c.dst = nasmigOn, nasmigOn; return c }
+	return []e2eCase{
+		nasmigBothSides(e2eCase{
+			name: "01-pagecache-read", workload: "pagecache-read",
+			check: func(t *testing.T, o outcome) {
+				requireRefs(t, o)
+				if o.dst.FetchedPages != o.src.RefPages {
+					t.Errorf("destination fetched %d pages, source sent %d references: want equal", o.dst.FetchedPages, o.src.RefPages)
+				}
+				if o.dst.VerifyFailures != 0 {
+					t.Errorf("destination verify-failures = %d, want 0", o.dst.VerifyFailures)
+				}
+			},
+		}),
+		{
+			name: "02-plain-control-enable-off", workload: "pagecache-read", src: nasmigOff, dst: nasmigOff,
+			check: func(t *testing.T, o outcome) {
+				if o.src.RefPages != 0 || o.dst.FetchedPages != 0 {
+					t.Errorf("nasmig enable=off: ref-pages %d, fetched-pages %d; want no disk references at all", o.src.RefPages, o.dst.FetchedPages)
+				}
+			},
+		},
+		nasmigBothSides(e2eCase{
+			// mixed fsyncs its overwrites every 5 s: 6 heartbeats after
+			// ready, at least one batch of writes to mapped blocks has
+			// reached the disk before the migration starts, and more
+			// reach it during the migration.
+			name: "03-mixed-overwrites", workload: "mixed", settle: 6,
+			check: func(t *testing.T, o outcome) {
+				requireRefs(t, o)
+				if o.src.Invalidations == 0 {
+					t.Errorf("source invalidations = 0: the guest overwrote mapped blocks of big/mixed.bin, want > 0")
+				}
+			},
+		}),
+		nasmigBothSides(e2eCase{
+			name: "04-mmap-write", workload: "mmap-write",
+			check: func(t *testing.T, o outcome) {
+				requireRefs(t, o)
+				// The stamped pages still map to their disk blocks (nothing
+				// was written back): the source must notice at send time
+				// that their content no longer matches (ref-misses) or have
+				// dropped the mappings (invalidations). RAM identical, checked
+				// before, is the decisive assertion.
+				switch {
+				case o.src.RefMisses > 0:
+					t.Logf("changed pages detected at send: ref-misses %d", o.src.RefMisses)
+				case o.src.Invalidations > 0:
+					t.Logf("changed pages resent after %d invalidations (ref-misses 0)", o.src.Invalidations)
+				default:
+					t.Errorf("ref-misses = 0 and invalidations = 0 with pages changed through a shared mapping: nothing shows the changed pages were resent in full")
+				}
+			},
+		}),
+		nasmigBothSides(e2eCase{
+			name: "05-multifd-2-channels", workload: "pagecache-read",
+			opts: harness.MigrateOpts{
+				Caps:   map[string]bool{"multifd": true},
+				Params: map[string]any{"multifd-channels": 2},
+			},
+			check: func(t *testing.T, o outcome) {
+				requireRefsAndFetched(t, o)
+				if ram := o.result.Source.RAM; ram == nil || ram.MultifdBytes == 0 {
+					t.Errorf("multifd-bytes = 0: the pages did not travel over multifd channels")
+				}
+			},
+		}),
+		nasmigBothSides(e2eCase{
+			name: "06-qcow2", workload: "pagecache-read", format: harness.FormatQcow2,
+			check: requireRefsAndFetched,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "07-ahci", workload: "pagecache-read", bus: harness.BusAHCI,
+			check: requireRefsAndFetched,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "08-virtio-scsi", workload: "pagecache-read", bus: harness.BusVirtioSCSI,
+			check: requireRefsAndFetched,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "09-stale-reference", workload: "pagecache-read",
+			opts: harness.MigrateOpts{
+				Params:  map[string]any{"max-bandwidth": 20_000_000},
+				Timeout: 4 * time.Minute,
+			},
+			flow: staleReferenceFlow,
+		}),
+		{
+			name: "10-capability-mismatch", workload: "pagecache-read", src: nasmigOn, dst: noPlugin,
+			opts: harness.MigrateOpts{Timeout: 2 * time.Minute},
+			flow: capabilityMismatchFlow,
+		},
+	}
+}
+
+func requireRefs(t *testing.T, o outcome) {
+	t.Helper()
+	if o.src.RefPages <= 0 {
+		t.Errorf("source ref-pages = %d, want > 0 (disk-refs %+v)", o.src.RefPages, o.src)
+	}
+}
+
+func requireRefsAndFetched(t *testing.T, o outcome) {
+	t.Helper()
+	requireRefs(t, o)
+	if o.dst.FetchedPages != o.src.RefPages {
+		t.Errorf("destination fetched %d pages, source sent %d references: want equal", o.dst.FetchedPages, o.src.RefPages)
+	}
+	if o.dst.VerifyFailures != 0 {
+		t.Errorf("destination verify-failures = %d, want 0", o.dst.VerifyFailures)
+	}
+}
+
+// TestMigrations runs the table, one case at a time, and prints a summary.
+func TestMigrations(t *testing.T) {
+	env := harness.EnvFromOS()
+	if reason := env.SkipReason(); reason != "" {
+		t.Skip("skipping: " + reason)
+	}
+	if err := env.Check(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	probe := env.ProbeConfig()
+	probe.Log = logWriter{t}
+	accel, err := harness.ProbeAccel(ctx, probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var summary []*figures
+	t.Cleanup(func() { printSummary(t, accel.Accel, summary) })
+	for _, c := range cases() {
+		f := &figures{name: c.name}
+		summary = append(summary, f)
+		t.Run(c.name, func(t *testing.T) {
+			started := time.Now()
+			f.ran = true
+			defer func() {
+				f.took = time.Since(started)
+				if t.Failed() {
+					f.result = "FAIL"
+				} else if f.result == "" {
+					f.result = "pass"
+				}
+				t.Logf("case %s took %.1f s: status %s, total-time %d ms, downtime %d ms, transferred %s, ref-pages %d, fetched-pages %d %s",
+					c.name, f.took.Seconds(), f.status, f.totalTimeMs, f.downtimeMs, mib(f.transferred), f.refPages, f.fetchedPages, f.note)
+			}()
+			runCase(t, env, accel.Accel, c, f)
+		})
+	}
+}
+
+func printSummary(t *testing.T, accel string, summary []*figures) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "summary (accelerator %s, guest %d MiB, nasmig.mib %d; figures from the source's query-migrate, fetched-pages from the destination's):\n", accel, guestMemMiB, guestMiB)
+	fmt.Fprintf(&b, "%-30s %8s %-22s %-10s %10s %9s %12s %10s %10s  %s\n",
+		"case", "took", "result", "status", "total-time", "downtime", "transferred", "ref-pages", "fetched", "note")
+	for _, f := range summary {
+		if !f.ran {
+			continue
+		}
+		fmt.Fprintf(&b, "%-30s %7.1fs %-22s %-10s %8dms %7dms %12s %10d %10d  %s\n",
+			f.name, f.took.Seconds(), f.result, f.status, f.totalTimeMs, f.downtimeMs, mib(f.transferred), f.refPages, f.fetchedPages, f.note)
+	}
+	t.Log(b.String())
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// logWriter sends the accelerator probe's line to the test log.
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// pair is a case's running test bed: storage, source and destination.
+type pair struct {
+	c       e2eCase
+	env     harness.Env
+	run     *harness.Run
+	image   string // the private image copy
+	storage *harness.StorageDaemon
+	src     *harness.VM
+	dst     *harness.VM
+	ready   harness.SerialLine
+	fig     *figures
+}
+
+func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures) {
+	ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
+	defer cancel()
+	if c.format == "" {
+		c.format = harness.FormatRaw
+	}
+	if c.bus == "" {
+		c.bus = harness.BusVirtio
+	}
+	p := &pair{c: c, env: env, run: harness.NewTestRun(t, env), fig: f}
+	p.run.Logf("case %s: workload %s, %s on %s, source %s, destination %s", c.name, c.workload, c.format, c.bus, c.src, c.dst)
+
+	var err error
+	if p.image, err = p.run.CopyImage(ctx, env.DataImage(c.format), "data."+c.format); err != nil {
+		t.Fatal(err)
+	}
+	// The file node is exported: for qcow2 the QEMUs run the qcow2 driver
+	// over NBD, and references name offsets in the qcow2 file.
+	p.storage, err = p.run.StartStorage(ctx, harness.StorageConfig{
+		Binary: env.StorageDaemonBinary(), Image: p.image, Format: c.format, CacheDirect: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	srcCfg := env.VMConfig("src", accel, guestMemMiB, harness.GuestCmdline(c.workload, guestMiB, true))
+	srcCfg.Disk = p.storage.Disk(c.bus)
+	c.src.apply(&srcCfg, env)
+	if p.src, err = p.run.StartVM(ctx, srcCfg); err != nil {
+		t.Fatal(err)
+	}
+	// SeaBIOS spends ~32 s probing an AHCI disk before the kernel starts.
+	bootCtx, cancelBoot := context.WithTimeout(ctx, 2*time.Minute)
+	_, err = p.src.WaitLine(bootCtx, harness.LineBoot)
+	cancelBoot()
+	if err != nil {
+		t.Fatalf("guest did not boot: %v", err)
+	}
+	readyCtx, cancelReady := context.WithTimeout(ctx, 3*time.Minute)
+	p.ready, err = p.src.WaitLineAfter(readyCtx, 0, harness.LineReady, harness.LineFail)
+	cancelReady()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(p.ready.Text, harness.LineFail) {
+		t.Fatalf("guest gave up before ready: %s", p.ready.Text)
+	}
+	t.Logf("source ready after %.1f s: %s", p.ready.At.Seconds(), p.ready.Text)
+	// Migrate a guest that is visibly alive, after the case's settle time.
+	mark := p.ready.Index
+	for i := 0; i < max(c.settle, 1); i++ {
+		beatCtx, cancelBeat := context.WithTimeout(ctx, 30*time.Second)
+		line, err := p.src.WaitLineAfter(beatCtx, mark, harness.LineHeartbeat)
+		cancelBeat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mark = line.Index + 1
+	}
+
+	dstCfg := srcCfg
+	dstCfg.Name = "dst"
+	dstCfg.Incoming = true
+	c.dst.apply(&dstCfg, env)
+	if p.dst, err = p.run.StartVM(ctx, dstCfg); err != nil {
+		t.Fatal(err)
+	}
+
+	flow := c.flow
+	if flow == nil {
+		flow = migrateAndCheck
+	}
+	flow(t, ctx, p)
+}
+
+// migrate runs the migration, keeps both sides' final query-migrate in
+// migration.json and takes the figures.
+func (p *pair) migrate(t *testing.T, ctx context.Context) (*harness.MigrationResult, error) {
+	t.Helper()
+	result, err := harness.Migrate(ctx, p.src, p.dst, p.c.opts)
+	p.finish(t, result)
+	return result, err
+}
+
+func (p *pair) finish(t *testing.T, result *harness.MigrationResult) {
+	t.Helper()
+	if result == nil {
+		return
+	}
+	if err := p.run.SaveJSON("migration.json", result); err != nil {
+		t.Error(err)
+	}
+	p.fig.take(result)
+	o := outcomeOf(result)
+	t.Logf("source: %s, status path %v, total %d ms, downtime %d ms, setup %d ms; disk-refs %+v",
+		result.Source.Status, result.Source.StatusPath, result.Source.TotalTime, result.Source.Downtime, result.Source.SetupTime, o.src)
+	if ram := result.Source.RAM; ram != nil {
+		t.Logf("source ram: transferred %s, normal %d pages, duplicate %d pages, multifd %s, dirty-sync-count %d",
+			mib(ram.Transferred), ram.Normal, ram.Duplicate, mib(ram.MultifdBytes), ram.DirtySyncCount)
+	}
+	t.Logf("destination: %s, status path %v; disk-refs %+v", result.Destination.Status, result.Destination.StatusPath, o.dst)
+	for _, side := range []harness.MigrationInfo{result.Source, result.Destination} {
+		if side.ErrorDesc != "" {
+			t.Logf("%s error-desc: %s", side.VMName, side.ErrorDesc)
+		}
+	}
+}
+
+// migrateAndCheck is the normal flow: migrate, both sides paused, RAM
+// identical, the case's counters, then the destination runs on: heartbeat
+// and verify.
+func migrateAndCheck(t *testing.T, ctx context.Context, p *pair) {
+	result, err := p.migrate(t, ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectStatus(t, ctx, p.src, "postmigrate")
+	expectStatus(t, ctx, p.dst, "paused")
+	compareRAM(t, ctx, p)
+	if p.c.check != nil {
+		p.c.check(t, outcomeOf(result))
+	}
+	resumeAndVerify(t, ctx, p)
+}
+
+func expectStatus(t *testing.T, ctx context.Context, vm *harness.VM, want string) {
+	t.Helper()
+	status, err := vm.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != want {
+		t.Fatalf("vm %s is %q, want %q", vm.Config.Name, status, want)
+	}
+}
+
+func compareRAM(t *testing.T, ctx context.Context, p *pair) {
+	t.Helper()
+	diff, err := p.run.CompareRAM(ctx, p.src, p.dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !diff.Equal() {
+		t.Fatalf("guest RAM differs between source and destination (ramdiff.txt in %s):\n%s", p.run.Dir, diff)
+	}
+	t.Logf("%s", diff)
+}
+
+// resumeAndVerify lets the destination run: its heartbeat must continue past
+// the source's last one and the guest must verify its data.
+func resumeAndVerify(t *testing.T, ctx context.Context, p *pair) {
+	t.Helper()
+	lastSourceBeat, ok := p.src.Heartbeat()
+	if !ok {
+		t.Fatal("source printed no heartbeat")
+	}
+	mark := p.dst.Serial.Mark()
+	if err := p.dst.Cont(ctx); err != nil {
+		t.Fatal(err)
+	}
+	beats := waitBeats(t, ctx, p.dst, mark, 2)
+	if beats[0] <= lastSourceBeat || beats[1] <= beats[0] {
+		t.Fatalf("heartbeats: source's last %d, destination's %v: want increasing past the source's", lastSourceBeat, beats)
+	}
+	t.Logf("heartbeat: source's last n=%d, destination n=%v", lastSourceBeat, beats)
+	verifyCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	checked, err := p.dst.Verify(verifyCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("verify: PASS, checked=%d", checked)
+}
+
+// waitBeats returns the next n heartbeat counts vm prints after mark.
+func waitBeats(t *testing.T, ctx context.Context, vm *harness.VM, mark, n int) []int64 {
+	t.Helper()
+	var beats []int64
+	for len(beats) < n {
+		beatCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		line, err := vm.WaitLineAfter(beatCtx, mark, harness.LineHeartbeat)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mark = line.Index + 1
+		if beat, ok := harness.ParseHeartbeat(line.Text); ok {
+			beats = append(beats, beat)
+		}
+	}
+	return beats
+}
+
+// expectSourceAlive asserts that the source runs after a failed migration:
+// query-status "running" and a heartbeat that still increases.
+func expectSourceAlive(t *testing.T, ctx context.Context, p *pair) {
+	t.Helper()
+	expectStatus(t, ctx, p.src, "running")
+	last, _ := p.src.Heartbeat()
+	beats := waitBeats(t, ctx, p.src, p.src.Serial.Mark(), 2)
+	if beats[0] <= last || beats[1] <= beats[0] {
+		t.Fatalf("source heartbeats after the failed migration: last before %d, then %v: want increasing", last, beats)
+	}
+	t.Logf("source still running: query-status running, heartbeat %d -> %v", last, beats)
+}
+
+// staleReferenceFlow changes blocks the guest has in its page cache behind
+// QEMU's back, through a second NBD client, while a slow migration sends
+// references to them. The destination must not end up with the new disk
+// content in RAM: either the migration completes with identical RAM after
+// the destination noticed (fallbacks or verify failures), or it fails and
+// the source keeps running.
+func staleReferenceFlow(t *testing.T, ctx context.Context, p *pair) {
+	extents, err := readFileExtents(ctx, p.image, "/files", 128<<20)
+	if err != nil {
+		t.Fatalf("find the disk blocks the guest read: %v", err)
+	}
+	var total int64
+	for _, e := range extents {
+		total += e.length
+	}
+	t.Logf("will overwrite %d extents of the first files under /files (%s, disk offsets %#x..%#x), which pagecache-read reads first",
+		len(extents), mib(total), extents[0].offset, extents[len(extents)-1].offset+extents[len(extents)-1].length)
+
+	type migrated struct {
+		result *harness.MigrationResult
+		err    error
+	}
+	done := make(chan migrated, 1)
+	go func() {
+		result, err := harness.Migrate(ctx, p.src, p.dst, p.c.opts)
+		done <- migrated{result, err}
+	}()
+
+	// Overwrite once the source has sent references, so that some are
+	// stale by the time the destination reads them.
+	var sawRefs int64
+	var m *migrated
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	for sawRefs == 0 && m == nil {
+		select {
+		case r := <-done:
+			m = &r
+		case <-poll.C:
+			info, err := harness.QueryMigrate(ctx, p.src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.DiskRefs != nil && info.DiskRefs.RefPages > 0 {
+				sawRefs = info.DiskRefs.RefPages
+				t.Logf("source has sent %d references (status %s, transferred %s): overwriting", sawRefs, info.Status,
+					func() string {
+						if info.RAM == nil {
+							return "?"
+						}
+						return mib(info.RAM.Transferred)
+					}())
+			}
+		}
+	}
+	if m != nil {
+		p.finish(t, m.result)
+		t.Fatalf("the migration ended before the source sent any reference: %v", m.err)
+	}
+	started := time.Now()
+	if err := overwrite(ctx, p.storage, extents); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("overwrote %s through a second NBD client in %.1f s", mib(total), time.Since(started).Seconds())
+	if info, err := harness.QueryMigrate(ctx, p.src); err == nil && info.DiskRefs != nil {
+		t.Logf("after the overwrite: source status %s, ref-pages %d", info.Status, info.DiskRefs.RefPages)
+	}
+
+	r := <-done
+	p.finish(t, r.result)
+	o := outcomeOf(r.result)
+	switch {
+	case r.err == nil:
+		p.fig.result = "(a) completed"
+		t.Logf("path (a): migration completed; destination fallbacks %d, verify-failures %d", o.dst.Fallbacks, o.dst.VerifyFailures)
+		expectStatus(t, ctx, p.src, "postmigrate")
+		expectStatus(t, ctx, p.dst, "paused")
+		compareRAM(t, ctx, p)
+		if o.dst.Fallbacks == 0 && o.dst.VerifyFailures == 0 {
+			t.Errorf("migration completed with identical RAM but the destination reports no fallback and no verify failure: the overwrite hit no reference in flight, the case proved nothing")
+		}
+		resumeAndVerify(t, ctx, p)
+	case errors.Is(r.err, harness.ErrMigrationFailed) && r.result != nil && r.result.Source.Status == "failed":
+		p.fig.result = "(b) failed, src runs"
+		p.fig.note = fmt.Sprintf("dst verify-failures %d, fallbacks %d", o.dst.VerifyFailures, o.dst.Fallbacks)
+		t.Logf("path (b): migration failed: %v", r.err)
+		t.Logf("destination: verify-failures %d, fallbacks %d, fetched-pages %d", o.dst.VerifyFailures, o.dst.Fallbacks, o.dst.FetchedPages)
+		expectSourceAlive(t, ctx, p)
+	default:
+		// Say what state the guest is left in: with the source
+		// "completed" (postmigrate) and the destination failed, it runs
+		// nowhere.
+		srcStatus, _ := p.src.Status(ctx)
+		dstStatus, _ := p.dst.Status(ctx)
+		p.fig.result = "neither (a) nor (b)"
+		p.fig.note = fmt.Sprintf("src %s/%s, dst %s/%s, dst verify-failures %d", r.result.Status(), srcStatus,
+			r.result.Destination.Status, dstStatus, o.dst.VerifyFailures)
+		t.Fatalf("neither outcome: migration source status %q with query-status %q, destination status %q with query-status %q "+
+			"(destination verify-failures %d, fallbacks %d): want (a) completed on both sides with identical RAM, or (b) "+
+			"failed on the source with the source running; error: %v",
+			r.result.Status(), srcStatus, r.result.Destination.Status, dstStatus, o.dst.VerifyFailures, o.dst.Fallbacks, r.err)
+	}
+}
+
+// capabilityMismatchFlow: the source offers disk references, the
+// destination has no plugin. The migration must fail, saying why, and the
+// source must keep running.
+func capabilityMismatchFlow(t *testing.T, ctx context.Context, p *pair) {
+	result, err := p.migrate(t, ctx)
+	if err == nil {
+		t.Fatalf("migration to a destination without nasmig completed (source status %s)", result.Status())
+	}
+	msg := err.Error()
+	if result != nil {
+		msg += " | " + result.Source.ErrorDesc + " | " + result.Destination.ErrorDesc
+		if result.Source.Status != "failed" {
+			t.Errorf("source migration status %q, want failed", result.Source.Status)
+		}
+		for _, status := range result.Source.StatusPath {
+			if status == "device" || status == "completed" {
+				t.Errorf("source reached %q (status path %v): want a failure at setup", status, result.Source.StatusPath)
+			}
+		}
+	}
+	t.Logf("migration failed as it should: %v", err)
+	p.fig.result = "failed as expected"
+	// The reason must reach the operator: in the errors QMP reports, or
+	// at least in a QEMU's log (QEMU reports a mismatch found in the
+	// stream's configuration section only there; query-migrate then says
+	// "load of migration failed: Invalid argument").
+	switch {
+	case namesDiskRefs(msg):
+		p.fig.note = "QMP error: " + truncate(msg, 80)
+		t.Logf("the QMP-visible error names the cause: %s", msg)
+	default:
+		var found []string
+		for _, vm := range []*harness.VM{p.src, p.dst} {
+			for _, line := range strings.Split(vm.LogTail(50), "\n") {
+				if namesDiskRefs(line) && !strings.Contains(line, `"component":"nasmig"`) {
+					found = append(found, vm.Config.Name+": "+line)
+				}
+			}
+		}
+		if len(found) == 0 {
+			t.Errorf("neither the migration errors nor the QEMU logs name x-disk-refs or nasmig: %s", msg)
+			break
+		}
+		p.fig.note = "only in QEMU log: " + truncate(found[0], 70)
+		t.Logf("query-migrate's errors do not name the cause (%s); the QEMU log does: %s", msg, strings.Join(found, "; "))
+	}
+	expectSourceAlive(t, ctx, p)
+}
+
+// namesDiskRefs: s names the capability or nasmig as a word (not as part
+// of a run folder's path, "nasmig-TestMigrations...").
+func namesDiskRefs(s string) bool { return diskRefsWord.MatchString(s) }
+
+var diskRefsWord = regexp.MustCompile(`(?i)x-disk-refs|libnasmig|(^|[^-/\w])nasmig([^-\w]|$)`)
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// extent is a byte range of the disk image.
+type extent struct{ offset, length int64 }
+
+var extentLine = regexp.MustCompile(`^\s*\d+/\s*\d+\s+\d+/\s*\d+\s+\d+\s*-\s*\d+\s+(\d+)\s*-\s*(\d+)\s+(\d+)`)
+
+// readFileExtents returns the disk extents of the first files (by name) in
+// dir of the ext4 image, up to at least want bytes, read with debugfs
+// (e2fsprogs). pagecache-read reads dir's files in this order first.
+func readFileExtents(ctx context.Context, image, dir string, want int64) ([]extent, error) {
+	blockSize, err := ext4BlockSize(ctx, image)
+	if err != nil {
+		return nil, err
+	}
+	listing, err := debugfs(ctx, image, "ls -p "+dir)
+	if err != nil {
+		return nil, err
+	}
+	// ls -p: /inode/mode/uid/gid/name/size/
+	var names []string
+	for _, line := range strings.Split(listing, "\n") {
+		fields := strings.Split(strings.TrimSpace(line), "/")
+		if len(fields) >= 7 && strings.HasSuffix(fields[5], ".bin") {
+			names = append(names, fields[5])
+		}
+	}
+	sort.Strings(names)
+	var extents []extent
+	var total int64
+	for _, name := range names {
+		if total >= want {
+			break
+		}
+		out, err := debugfs(ctx, image, "ex "+dir+"/"+name)
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(out, "\n") {
+			m := extentLine.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			start, _ := strconv.ParseInt(m[1], 10, 64)
+			length, _ := strconv.ParseInt(m[3], 10, 64)
+			extents = append(extents, extent{offset: start * blockSize, length: length * blockSize})
+			total += length * blockSize
+		}
+	}
+	if total == 0 {
+		return nil, fmt.Errorf("no extents found for the files in %s of %s", dir, image)
+	}
+	return extents, nil
+}
+
+func ext4BlockSize(ctx context.Context, image string) (int64, error) {
+	out, err := debugfs(ctx, image, "stats")
+	if err != nil {
+		return 0, err
+	}
+	m := regexp.MustCompile(`(?m)^Block size:\s+(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("debugfs stats of %s: no block size", image)
+	}
+	return strconv.ParseInt(m[1], 10, 64)
+}
+
+// debugfs runs one read-only debugfs request on image.
+func debugfs(ctx context.Context, image, request string) (string, error) {
+	path, err := exec.LookPath("debugfs")
+	if err != nil {
+		// Often in /usr/sbin, which a user's PATH may lack.
+		if p, sbinErr := exec.LookPath("/usr/sbin/debugfs"); sbinErr == nil {
+			path, err = p, nil
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("debugfs (e2fsprogs) is needed to find the image's file extents: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, path, "-c", "-R", request, image).Output()
+	if err != nil {
+		return "", fmt.Errorf("debugfs -R %q %s: %w", request, image, err)
+	}
+	return string(out), nil
+}
+
+// overwrite fills the extents with a pattern no file of the data disk holds,
+// through one NBD connection of its own, and flushes.
+func overwrite(ctx context.Context, storage *harness.StorageDaemon, extents []extent) error {
+	client, err := storage.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	chunk := make([]byte, 1<<20)
+	for _, e := range extents {
+		for off := e.offset; off < e.offset+e.length; off += int64(len(chunk)) {
+			n := min(int64(len(chunk)), e.offset+e.length-off)
+			for i := int64(0); i < n; i += 8 {
+				v := uint64(off+i) ^ 0x5354414c45524546 // "STALEREF"
+				for j := int64(0); j < 8; j++ {
+					chunk[i+j] = byte(v >> (8 * j))
+				}
+			}
+			if _, err := client.WriteAt(chunk[:n], off); err != nil {
+				client.Close()
+				return err
+			}
+		}
+	}
+	if err := client.Flush(); err != nil {
+		client.Close()
+		return err
+	}
+	return client.Close()
+}

@@ -1,0 +1,449 @@
+// Command nasmig-demo shows what nasmig saves: it migrates the same guest,
+// which has filled its page cache from the shared disk, twice between two
+// QEMUs on this host, once with nasmig off (libnasmig.so loaded with
+// enable=off, i.e. stock QEMU behaviour) and once with nasmig on, and prints
+// the figures side by side. Every figure comes from QEMU's query-migrate,
+// except "page cache filled" (the guest's ready line) and "RAM match" (the
+// harness's byte-for-byte comparison of both guests' RAM).
+//
+// It reads the test bed's environment (docs/testbed-contract.md):
+// NASMIG_OUT, NASMIG_GUEST, NASMIG_QEMU_DATADIRS, NASMIG_ACCEL, NASMIG_KEEP.
+//
+//	nasmig-demo [-mem MiB] [-mib MiB] [-max-bandwidth bytes/s] [-verify] [-json]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"nasmig/tests/harness"
+)
+
+// row is one migration's figures.
+type row struct {
+	Mode             string `json:"mode"` // "nasmig off" or "nasmig on"
+	GuestRAMMiB      int    `json:"guest_ram_mib"`
+	RequestedMiB     int    `json:"requested_page_cache_mib"` // nasmig.mib
+	PageCacheMiB     int    `json:"page_cache_mib"`           // cached-mib of the ready line
+	Status           string `json:"status"`                   // the source's final migration status
+	TransferredBytes int64  `json:"transferred_bytes"`        // ram.transferred
+	RefPages         int64  `json:"ref_pages"`                // disk-refs.ref-pages (source)
+	FetchedPages     int64  `json:"fetched_pages"`            // disk-refs.fetched-pages (destination)
+	TotalTimeMs      int64  `json:"total_time_ms"`
+	DowntimeMs       int64  `json:"downtime_ms"`
+	RAMMatch         bool   `json:"ram_match"`
+	RAMDiff          string `json:"ram_diff,omitempty"`
+	Verify           string `json:"verify,omitempty"` // guest verify answer, with -verify
+	RunDir           string `json:"run_dir,omitempty"`
+	Error            string `json:"error,omitempty"`
+}
+
+type options struct {
+	memMiB       int
+	mib          int
+	maxBandwidth int64
+	verify       bool
+	json         bool
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.memMiB, "mem", 2048, "guest RAM in MiB")
+	flag.IntVar(&o.mib, "mib", 1200, "page cache the guest fills from the shared disk, MiB (nasmig.mib; capped at the data on the disk)")
+	flag.Int64Var(&o.maxBandwidth, "max-bandwidth", 0, "migration max-bandwidth in bytes/s (0: unlimited)")
+	flag.BoolVar(&o.verify, "verify", false, "after each migration, let the guest check its files on the destination (slow under TCG: ~34 MiB/s)")
+	flag.BoolVar(&o.json, "json", false, "print the results as JSON on stdout (progress goes to stderr)")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: nasmig-demo [flags]\n\n"+
+			"Migrates a guest whose page cache holds nasmig.mib MiB of the shared disk twice,\n"+
+			"with nasmig off (enable=off) and on, and compares the figures query-migrate reports.\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() > 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	if o.memMiB <= 0 || o.mib <= 0 || o.maxBandwidth < 0 {
+		fmt.Fprintln(os.Stderr, "nasmig-demo: -mem and -mib must be > 0, -max-bandwidth >= 0")
+		os.Exit(2)
+	}
+	say := io.Writer(os.Stdout)
+	if o.json {
+		say = os.Stderr
+	}
+	rows, err := demo(o, say)
+	if o.json {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if encErr := enc.Encode(rows); encErr != nil {
+			fmt.Fprintln(os.Stderr, "nasmig-demo:", encErr)
+			os.Exit(1)
+		}
+	} else if len(rows) > 0 {
+		printTable(os.Stdout, rows)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nasmig-demo:", err)
+		os.Exit(1)
+	}
+}
+
+func demo(o options, say io.Writer) ([]row, error) {
+	step := func(format string, args ...any) { fmt.Fprintf(say, "==> "+format+"\n", args...) }
+	env := harness.EnvFromOS()
+	if reason := env.SkipReason(); reason != "" {
+		return nil, errors.New(reason)
+	}
+	if err := env.Check(); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(env.PluginPath()); err != nil {
+		return nil, fmt.Errorf("libnasmig.so: %w", err)
+	}
+	ctx := context.Background()
+
+	step("choosing the accelerator (KVM if the guest boots under it, else TCG)")
+	probe := env.ProbeConfig()
+	probe.Log = prefixWriter{say, "    "}
+	accel, err := harness.ProbeAccel(ctx, probe)
+	if err != nil {
+		return nil, err
+	}
+
+	if dataMiB, err := diskDataMiB(ctx, env.DataImage(harness.FormatRaw)); err != nil {
+		step("cannot tell how much data the disk holds (%v); the guest reads up to %d MiB of what exists", err, o.mib)
+	} else if o.mib > dataMiB {
+		step("the data disk holds %d MiB of files: page cache capped at %d MiB (asked for %d)", dataMiB, dataMiB, o.mib)
+		o.mib = dataMiB
+	} else {
+		step("the data disk holds %d MiB of files; the guest will read %d MiB of them", dataMiB, o.mib)
+	}
+	bandwidth := "unlimited"
+	if o.maxBandwidth > 0 {
+		bandwidth = fmt.Sprintf("%d bytes/s (%.1f MiB/s)", o.maxBandwidth, float64(o.maxBandwidth)/(1<<20))
+	}
+	step("guest: %d MiB RAM, workload pagecache-read, nasmig.mib=%d; migration max-bandwidth %s; accelerator %s",
+		o.memMiB, o.mib, bandwidth, accel.Accel)
+
+	var rows []row
+	var failures []string
+	for i, on := range []bool{false, true} {
+		mode := "nasmig off"
+		if on {
+			mode = "nasmig on"
+		}
+		step("migration %d of 2: %s", i+1, mode)
+		r := migrateOnce(ctx, env, accel.Accel, o, on, step)
+		rows = append(rows, r)
+		if r.Error != "" {
+			failures = append(failures, mode+": "+r.Error)
+		} else if !r.RAMMatch {
+			failures = append(failures, mode+": guest RAM differs after migration")
+		}
+	}
+	if len(failures) > 0 {
+		return rows, errors.New(strings.Join(failures, "; "))
+	}
+	return rows, nil
+}
+
+// migrateOnce boots the guest on shared storage, migrates it and compares
+// RAM. Errors end up in the row.
+func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, nasmig bool, step func(string, ...any)) (r row) {
+	r = row{Mode: "nasmig off", GuestRAMMiB: o.memMiB, RequestedMiB: o.mib}
+	pluginArgs := []string{"enable=off"}
+	if nasmig {
+		r.Mode = "nasmig on"
+		pluginArgs = []string{"log=info"} // auto=on: x-disk-refs and return-path on
+	}
+	name := "demo-nasmig-off"
+	if nasmig {
+		name = "demo-nasmig-on"
+	}
+	run, err := harness.NewRun(name, env.Keep, prefixWriter{os.Stderr, "    "})
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	failed := true
+	defer func() {
+		if !failed && env.Keep == "" {
+			r.RunDir = "" // removed with the run
+		}
+		if err := run.Close(failed); err != nil && r.Error == "" {
+			r.Error = err.Error()
+		}
+	}()
+	r.RunDir = run.Dir
+	fail := func(err error) row {
+		r.Error = err.Error()
+		step("FAILED: %v (logs kept in %s)", err, run.Dir)
+		return r
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+
+	step("copying the data disk (raw ext4) to a private image in %s", run.Dir)
+	image, err := run.CopyImage(ctx, env.DataImage(harness.FormatRaw), "data.raw")
+	if err != nil {
+		return fail(err)
+	}
+	step("starting qemu-storage-daemon: the image's file node exported over NBD (cache.direct=on), shared by both QEMUs")
+	storage, err := run.StartStorage(ctx, harness.StorageConfig{
+		Binary: env.StorageDaemonBinary(), Image: image, Format: harness.FormatRaw, CacheDirect: true,
+	})
+	if err != nil {
+		return fail(err)
+	}
+
+	srcCfg := env.VMConfig("src", accel, o.memMiB, harness.GuestCmdline("pagecache-read", o.mib, true))
+	srcCfg.Disk = storage.Disk(harness.BusVirtio)
+	srcCfg.Plugin, srcCfg.PluginArgs = env.PluginPath(), pluginArgs
+	step("starting the source QEMU with -plugin libnasmig.so,%s", strings.Join(pluginArgs, ","))
+	src, err := run.StartVM(ctx, srcCfg)
+	if err != nil {
+		return fail(err)
+	}
+	bootCtx, cancelBoot := context.WithTimeout(ctx, 2*time.Minute)
+	_, err = src.WaitLine(bootCtx, harness.LineBoot)
+	cancelBoot()
+	if err != nil {
+		return fail(fmt.Errorf("guest did not boot: %w", err))
+	}
+	step("guest booted; it now reads %d MiB of files from the shared disk into its page cache", o.mib)
+	readyCtx, cancelReady := context.WithTimeout(ctx, 10*time.Minute)
+	ready, err := src.WaitLineAfter(readyCtx, 0, harness.LineReady, harness.LineFail)
+	cancelReady()
+	if err != nil {
+		return fail(err)
+	}
+	if strings.HasPrefix(ready.Text, harness.LineFail) {
+		return fail(fmt.Errorf("guest gave up: %s", ready.Text))
+	}
+	r.PageCacheMiB = readyCachedMiB(ready.Text)
+	step("guest ready after %.1f s: page cache holds %d MiB", ready.At.Seconds(), r.PageCacheMiB)
+	if _, err := src.WaitLineAfter(ctx, ready.Index, harness.LineHeartbeat); err != nil {
+		return fail(err)
+	}
+
+	dstCfg := srcCfg
+	dstCfg.Name = "dst"
+	dstCfg.Incoming = true
+	step("starting the destination QEMU (same plugin arguments, -incoming defer, paused)")
+	dst, err := run.StartVM(ctx, dstCfg)
+	if err != nil {
+		return fail(err)
+	}
+
+	step("migrating over a unix socket (max-bandwidth %d; 0 = unlimited)", o.maxBandwidth)
+	result, err := harness.Migrate(ctx, src, dst, harness.MigrateOpts{
+		Params:  map[string]any{"max-bandwidth": o.maxBandwidth},
+		Timeout: 20 * time.Minute,
+	})
+	if result != nil {
+		if saveErr := run.SaveJSON("migration.json", result); saveErr != nil {
+			step("warning: %v", saveErr)
+		}
+		r.Status = result.Source.Status
+		r.TotalTimeMs = result.Source.TotalTime
+		r.DowntimeMs = result.Source.Downtime
+		if result.Source.RAM != nil {
+			r.TransferredBytes = result.Source.RAM.Transferred
+		}
+		if d := result.Source.DiskRefs; d != nil {
+			r.RefPages = d.RefPages
+		}
+		if d := result.Destination.DiskRefs; d != nil {
+			r.FetchedPages = d.FetchedPages
+		}
+	}
+	if err != nil {
+		return fail(err)
+	}
+	step("migration %s in %d ms (downtime %d ms): %s on the link, %d pages sent as disk references, %d fetched by the destination",
+		r.Status, r.TotalTimeMs, r.DowntimeMs, humanBytes(r.TransferredBytes), r.RefPages, r.FetchedPages)
+
+	step("comparing the RAM of source and destination byte for byte (%d MiB each)", o.memMiB)
+	diff, err := run.CompareRAM(ctx, src, dst)
+	if err != nil {
+		return fail(err)
+	}
+	r.RAMMatch = diff.Equal()
+	if !r.RAMMatch {
+		r.RAMDiff = diff.String()
+		step("RAM DIFFERS: %s", diff)
+		return r // failed stays true: the run folder is kept
+	}
+	step("%s", diff)
+
+	step("resuming the guest on the destination")
+	lastBeat, _ := src.Heartbeat()
+	mark := dst.Serial.Mark()
+	if err := dst.Cont(ctx); err != nil {
+		return fail(err)
+	}
+	beatCtx, cancelBeat := context.WithTimeout(ctx, 30*time.Second)
+	line, err := dst.WaitLineAfter(beatCtx, mark, harness.LineHeartbeat)
+	cancelBeat()
+	if err != nil {
+		return fail(err)
+	}
+	step("guest alive on the destination: heartbeat went from n=%d (source) to %q", lastBeat, strings.TrimPrefix(line.Text, "nasmig: "))
+	if o.verify {
+		step("asking the guest to verify every file it read (sha256 against the manifest)")
+		verifyCtx, cancelVerify := context.WithTimeout(ctx, 15*time.Minute)
+		checked, err := dst.Verify(verifyCtx)
+		cancelVerify()
+		if err != nil {
+			r.Verify = "FAIL"
+			return fail(err)
+		}
+		r.Verify = fmt.Sprintf("PASS (%d files)", checked)
+		step("verify: %s", r.Verify)
+	}
+	failed = false
+	return r
+}
+
+// readyCachedMiB reads cached-mib=N from the ready line.
+func readyCachedMiB(text string) int {
+	for _, field := range strings.Fields(text) {
+		if v, ok := strings.CutPrefix(field, "cached-mib="); ok {
+			if n, err := strconv.Atoi(v); err == nil {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// diskDataMiB sums the sizes of the files on the ext4 data disk (debugfs,
+// read-only), so that -mib can be capped at what the disk holds.
+func diskDataMiB(ctx context.Context, image string) (int, error) {
+	path, err := exec.LookPath("debugfs")
+	if err != nil {
+		if p, sbinErr := exec.LookPath("/usr/sbin/debugfs"); sbinErr == nil {
+			path, err = p, nil
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	var walk func(dir string, depth int) error
+	walk = func(dir string, depth int) error {
+		out, err := exec.CommandContext(ctx, path, "-c", "-R", "ls -p "+dir, image).Output()
+		if err != nil {
+			return fmt.Errorf("debugfs ls %s: %w", dir, err)
+		}
+		// ls -p: /inode/mode/uid/gid/name/size/
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Split(strings.TrimSpace(line), "/")
+			if len(f) < 7 || f[5] == "." || f[5] == ".." || f[5] == "lost+found" {
+				continue
+			}
+			switch {
+			case strings.HasPrefix(f[2], "04") && depth < 4: // directory
+				if err := walk(strings.TrimSuffix(dir, "/")+"/"+f[5], depth+1); err != nil {
+					return err
+				}
+			case strings.HasPrefix(f[2], "10"): // regular file
+				size, _ := strconv.ParseInt(f[6], 10, 64)
+				total += size
+			}
+		}
+		return nil
+	}
+	if err := walk("/", 0); err != nil {
+		return 0, err
+	}
+	if total == 0 {
+		return 0, errors.New("no files found")
+	}
+	return int(total >> 20), nil
+}
+
+func printTable(w io.Writer, rows []row) {
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "%-34s", "")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%18s", r.Mode)
+	}
+	fmt.Fprintln(w)
+	line := func(label string, cell func(row) string) {
+		fmt.Fprintf(w, "%-34s", label)
+		for _, r := range rows {
+			fmt.Fprintf(w, "%18s", cell(r))
+		}
+		fmt.Fprintln(w)
+	}
+	line("guest RAM", func(r row) string { return fmt.Sprintf("%d MiB", r.GuestRAMMiB) })
+	line("page cache filled (ready line)", func(r row) string { return fmt.Sprintf("%d MiB", r.PageCacheMiB) })
+	line("migration status", func(r row) string { return r.Status })
+	line("bytes on the link (ram.transferred)", func(r row) string { return humanBytes(r.TransferredBytes) })
+	line("pages sent as references", func(r row) string { return strconv.FormatInt(r.RefPages, 10) })
+	line("pages fetched by the destination", func(r row) string { return strconv.FormatInt(r.FetchedPages, 10) })
+	line("total time", func(r row) string { return fmt.Sprintf("%d ms", r.TotalTimeMs) })
+	line("downtime", func(r row) string { return fmt.Sprintf("%d ms", r.DowntimeMs) })
+	line("RAM match (byte for byte)", func(r row) string {
+		switch {
+		case r.Error != "" && !r.RAMMatch && r.RAMDiff == "":
+			return "n/a"
+		case r.RAMMatch:
+			return "yes"
+		}
+		return "NO"
+	})
+	if rows[0].Verify != "" || (len(rows) > 1 && rows[1].Verify != "") {
+		line("guest verify", func(r row) string { return r.Verify })
+	}
+	if len(rows) == 2 && rows[0].TransferredBytes > 0 && rows[1].TransferredBytes > 0 && rows[0].TotalTimeMs > 0 {
+		fmt.Fprintf(w, "\nwith nasmig the link carried %.1f%% of the bytes (%s less) in %.1f%% of the time\n",
+			100*float64(rows[1].TransferredBytes)/float64(rows[0].TransferredBytes),
+			humanBytes(rows[0].TransferredBytes-rows[1].TransferredBytes),
+			100*float64(rows[1].TotalTimeMs)/float64(rows[0].TotalTimeMs))
+	}
+	for _, r := range rows {
+		if r.Error != "" {
+			fmt.Fprintf(w, "%s: ERROR %s (logs in %s)\n", r.Mode, r.Error, r.RunDir)
+		}
+		if r.RAMDiff != "" {
+			fmt.Fprintf(w, "%s: %s\n", r.Mode, r.RAMDiff)
+		}
+	}
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30 || n <= -(1<<30):
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20 || n <= -(1<<20):
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// prefixWriter indents the harness's own messages under the demo's steps.
+type prefixWriter struct {
+	w      io.Writer
+	prefix string
+}
+
+func (p prefixWriter) Write(b []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if _, err := fmt.Fprintln(p.w, p.prefix+line); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), nil
+}
