@@ -173,6 +173,15 @@ struct nasmig_lib {
                             unsigned n, const unsigned *write_gen,
                             unsigned gen_before);
 
+    /*
+     * HOT. A read into these page-aligned host addresses starts, and (end)
+     * it finished, successfully or not, after any block_read_done.  A page
+     * that two reads in flight target at once gets no mapping from either:
+     * its final content depends on the order the data landed.
+     */
+    void (*block_read_begin)(const void *const *hosts, unsigned n);
+    void (*block_read_end)(const void *const *hosts, unsigned n);
+
     /* HOT. A write (or discard, zero-write, truncate) to `disk` completed. */
     void (*block_write_done)(int disk, uint64_t offset, uint64_t len);
 

@@ -80,6 +80,7 @@ struct ring {
 
 static struct ring track_ring, req_ring, done_ring;
 static uint64_t lost_invalidations;
+static uint64_t lost_head; /* ring head after the latest lost write */
 
 static inline uint64_t *ring_seq(struct ring *r, uint64_t pos)
 {
@@ -319,6 +320,128 @@ out:
 }
 
 /* ------------------------------------------------------------------ */
+/* Source: pages targeted by reads in flight.
+ *
+ * A small open-addressing table keyed by host page number, under a mutex
+ * taken once per request (not per page).  When it is full, every read that
+ * completes while the overflow lasts is treated as overlapping: fail closed.
+ */
+#define INFLIGHT_SLOTS (1u << 15)
+struct inflight_slot {
+    uint64_t key;   /* host address >> 12, 0 = empty */
+    uint32_t count; /* reads in flight targeting the page */
+    uint32_t overlapped;
+};
+static struct inflight_slot inflight[INFLIGHT_SLOTS];
+static pthread_mutex_t inflight_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t inflight_overflow; /* pages that could not be registered */
+
+static inline uint32_t inflight_hash(uint64_t key)
+{
+    return (uint32_t)((key * 0x9e3779b97f4a7c15ull) >> 49) & (INFLIGHT_SLOTS - 1);
+}
+
+static struct inflight_slot *inflight_find(uint64_t key, int insert)
+{
+    uint32_t i = inflight_hash(key), n;
+
+    for (n = 0; n < INFLIGHT_SLOTS; n++, i = (i + 1) & (INFLIGHT_SLOTS - 1)) {
+        if (inflight[i].key == key) {
+            return &inflight[i];
+        }
+        if (inflight[i].key == 0) {
+            if (!insert) {
+                return NULL;
+            }
+            inflight[i].key = key;
+            inflight[i].count = 0;
+            inflight[i].overlapped = 0;
+            return &inflight[i];
+        }
+    }
+    return NULL;
+}
+
+/* Removes a slot keeping every probe chain intact (backward shift). */
+static void inflight_remove(struct inflight_slot *s)
+{
+    uint32_t i = (uint32_t)(s - inflight), j = i, k;
+
+    for (;;) {
+        j = (j + 1) & (INFLIGHT_SLOTS - 1);
+        if (inflight[j].key == 0) {
+            break;
+        }
+        k = inflight_hash(inflight[j].key);
+        /* Move j back to i unless its home k lies cyclically in (i, j]. */
+        if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j)) {
+            continue;
+        }
+        inflight[i] = inflight[j];
+        i = j;
+    }
+    inflight[i].key = 0;
+}
+
+void nasmig_lib_block_read_begin(const void *const *hosts, unsigned n)
+{
+    unsigned i;
+
+    pthread_mutex_lock(&inflight_lock);
+    for (i = 0; i < n; i++) {
+        struct inflight_slot *s =
+            inflight_find((uint64_t)(uintptr_t)hosts[i] >> NASMIG_PAGE_SHIFT, 1);
+
+        if (!s) {
+            inflight_overflow++;
+            continue;
+        }
+        if (s->count++) {
+            s->overlapped = 1;
+        }
+    }
+    pthread_mutex_unlock(&inflight_lock);
+}
+
+void nasmig_lib_block_read_end(const void *const *hosts, unsigned n)
+{
+    unsigned i;
+
+    pthread_mutex_lock(&inflight_lock);
+    for (i = 0; i < n; i++) {
+        struct inflight_slot *s =
+            inflight_find((uint64_t)(uintptr_t)hosts[i] >> NASMIG_PAGE_SHIFT, 0);
+
+        if (!s) {
+            if (inflight_overflow) {
+                inflight_overflow--;
+            }
+            continue;
+        }
+        if (--s->count == 0) {
+            inflight_remove(s);
+        }
+    }
+    pthread_mutex_unlock(&inflight_lock);
+}
+
+/* Marks in ok[] the pages no other read in flight targeted. */
+static void inflight_check(const struct nasmig_page_read *pages, unsigned n,
+                           int *ok)
+{
+    unsigned i;
+
+    pthread_mutex_lock(&inflight_lock);
+    for (i = 0; i < n; i++) {
+        struct inflight_slot *s = inflight_find(
+            (uint64_t)(uintptr_t)pages[i].host >> NASMIG_PAGE_SHIFT, 0);
+
+        ok[i] = !inflight_overflow && (!s || !s->overlapped);
+    }
+    pthread_mutex_unlock(&inflight_lock);
+}
+
+/* ------------------------------------------------------------------ */
 /* Source: tracking. */
 
 void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
@@ -326,6 +449,7 @@ void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
                                 unsigned gen_before)
 {
     uint64_t hashes[NASMIG_MAX_PAGES_PER_CALL][2];
+    int ok[NASMIG_MAX_PAGES_PER_CALL];
     uint64_t pos;
     int raced;
     unsigned i;
@@ -338,6 +462,7 @@ void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
     for (i = 0; i < n; i++) {
         nasmig_hash_page(&nasmig_g.key, pages[i].host, hashes[i]);
     }
+    inflight_check(pages, n, ok);
     if (ring_reserve(&track_ring, n, &pos) < 0) {
         STAT_ADD(ring_drops, n);
         return;
@@ -351,7 +476,7 @@ void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
     for (i = 0; i < n; i++) {
         struct nasmig_rec *rec = ring_elem(&track_ring, pos + i);
 
-        rec->type = raced ? NASMIG_REC_VOID : NASMIG_REC_MAP;
+        rec->type = raced || !ok[i] ? NASMIG_REC_VOID : NASMIG_REC_MAP;
         rec->disk = (uint8_t)disk;
         rec->reserved = 0;
         rec->ramblock = pages[i].ramblock;
@@ -373,8 +498,20 @@ void nasmig_lib_block_write_done(int disk, uint64_t offset, uint64_t len)
     first = offset >> NASMIG_PAGE_SHIFT;
     last = len ? (offset + len - 1) >> NASMIG_PAGE_SHIFT : first;
     if (ring_reserve(&track_ring, 1, &pos) < 0) {
-        /* Never lose a write silently: Go then drops the whole map. */
-        ADD(&lost_invalidations, 1);
+        /*
+         * Never lose a write silently: Go then drops the whole map, once it
+         * has applied every record reserved before now (a mapping among
+         * them may be to a block this write changed).
+         */
+        uint64_t head = __atomic_load_n(&track_ring.head, __ATOMIC_SEQ_CST);
+        uint64_t old = __atomic_load_n(&lost_head, __ATOMIC_RELAXED);
+
+        while (old < head &&
+               !__atomic_compare_exchange_n(&lost_head, &old, head, 1,
+                                            __ATOMIC_SEQ_CST,
+                                            __ATOMIC_RELAXED)) {
+        }
+        __atomic_add_fetch(&lost_invalidations, 1, __ATOMIC_SEQ_CST);
         STAT_ADD(ring_drops, 1);
         return;
     }
@@ -412,7 +549,20 @@ unsigned nasmig_ring_push_test(const struct nasmig_rec *rec, unsigned n)
 
 uint64_t nasmig_lost_invalidations(void)
 {
-    return __atomic_load_n(&lost_invalidations, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&lost_invalidations, __ATOMIC_SEQ_CST);
+}
+
+/* Ring position up to which records must be applied before the map is
+ * dropped for the lost writes counted so far (read after the count). */
+uint64_t nasmig_lost_head(void)
+{
+    return __atomic_load_n(&lost_head, __ATOMIC_SEQ_CST);
+}
+
+/* The consumer's position: records before it have been popped. */
+uint64_t nasmig_ring_tail(void)
+{
+    return __atomic_load_n(&track_ring.tail, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------------ */
@@ -909,6 +1059,8 @@ void nasmig_shim_fill(struct nasmig_lib *lib)
     lib->disk_add = nasmig_lib_disk_add;
     lib->block_read_done = nasmig_lib_block_read_done;
     lib->block_write_done = nasmig_lib_block_write_done;
+    lib->block_read_begin = nasmig_lib_block_read_begin;
+    lib->block_read_end = nasmig_lib_block_read_end;
     lib->ref_query = nasmig_lib_ref_query;
     lib->ref_received = nasmig_lib_ref_received;
     lib->before_page_write = nasmig_lib_before_page_write;

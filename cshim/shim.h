@@ -141,6 +141,8 @@ void nasmig_shim_fill(struct nasmig_lib *lib);
 unsigned nasmig_ring_pop(struct nasmig_rec *out, unsigned max);
 unsigned nasmig_ring_push_test(const struct nasmig_rec *rec, unsigned n);
 uint64_t nasmig_lost_invalidations(void);
+uint64_t nasmig_lost_head(void);
+uint64_t nasmig_ring_tail(void);
 unsigned nasmig_req_pop(struct nasmig_fetch_req *out, unsigned max);
 unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max);
 void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
@@ -162,6 +164,8 @@ void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
                                 unsigned n, const unsigned *write_gen,
                                 unsigned gen_before);
 void nasmig_lib_block_write_done(int disk, uint64_t offset, uint64_t len);
+void nasmig_lib_block_read_begin(const void *const *hosts, unsigned n);
+void nasmig_lib_block_read_end(const void *const *hosts, unsigned n);
 int nasmig_lib_ref_query(uint32_t ramblock, uint64_t ram_offset,
                          const void *host, uint8_t *wire);
 int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
