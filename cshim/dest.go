@@ -80,7 +80,9 @@ func AttachDisk(filename string, size uint64) (int, error) {
 }
 
 // SetDestDisk maps a source disk index to a destination handle.
-func SetDestDisk(src, handle int, size uint64) { C.nasmig_dest_set_disk(C.int(src), C.int(handle), C.uint64_t(size)) }
+func SetDestDisk(src, handle int, size uint64) {
+	C.nasmig_dest_set_disk(C.int(src), C.int(handle), C.uint64_t(size))
+}
 
 // DestReset clears per-migration destination state.
 func DestReset() { C.nasmig_dest_reset() }

@@ -298,5 +298,3 @@ func (f *Fetcher) fail(items []item, reason string) {
 		cshim.AbandonPage(&r)
 	}
 }
-
-
