@@ -118,6 +118,9 @@ func SetFinishState(s int32) {
 // Kick wakes QEMU's main loop.
 func Kick() { C.nasmig_call_kick() }
 
+// ApproveSwitchover tells the source it may stop the guest now.
+func ApproveSwitchover() { C.nasmig_call_approve_switchover() }
+
 // Test entry points: drive the QEMU-facing functions without QEMU.
 
 // RAMBlockAdd registers a RAM block as QEMU would.
@@ -163,6 +166,25 @@ func BlockReadDone(disk int, rb uint32, ramOffsets, diskOffsets []uint64, hosts 
 			disk_offset: C.uint64_t(diskOffsets[i]), host: hosts[i]}
 	}
 	C.nasmig_lib_block_read_done(C.int(disk), &pages[0], C.uint(n), (*C.uint)(unsafe.Pointer(writeGen)), C.uint(genBefore))
+}
+
+// BlockReadBegin and BlockReadEnd bracket a read into the pages at hosts
+// (C memory) as QEMU's hooks around a protocol-node read would.
+func BlockReadBegin(hosts []unsafe.Pointer) { blockReadBracket(hosts, false) }
+func BlockReadEnd(hosts []unsafe.Pointer)   { blockReadBracket(hosts, true) }
+
+func blockReadBracket(hosts []unsafe.Pointer, end bool) {
+	if len(hosts) == 0 {
+		return
+	}
+	arr := (*[1 << 20]unsafe.Pointer)(C.malloc(C.size_t(len(hosts)) * C.size_t(unsafe.Sizeof(uintptr(0)))))
+	defer C.free(unsafe.Pointer(arr))
+	copy(arr[:len(hosts)], hosts)
+	if end {
+		C.nasmig_lib_block_read_end(&arr[0], C.uint(len(hosts)))
+	} else {
+		C.nasmig_lib_block_read_begin(&arr[0], C.uint(len(hosts)))
+	}
 }
 
 // RingPushTest pushes records as a producer would; returns how many fit.

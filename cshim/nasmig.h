@@ -113,6 +113,13 @@ struct nasmig_host {
     /* Wakes QEMU's main loop (a fill it waits for has finished). */
     void (*kick)(void);
 
+    /*
+     * Destination: the fetch has caught up with the references received so
+     * far, so the source may stop the guest (capability switchover-ack).
+     * Idempotent within one migration; callable from any thread.
+     */
+    void (*approve_switchover)(void);
+
     /* One log line, when the library logs through QEMU. */
     void (*log)(int level, const char *msg);
 };

@@ -1011,6 +1011,13 @@ void nasmig_call_kick(void)
     }
 }
 
+void nasmig_call_approve_switchover(void)
+{
+    if (host_ops && host_ops->approve_switchover) {
+        host_ops->approve_switchover();
+    }
+}
+
 void nasmig_call_log(int level, const char *msg)
 {
     if (host_ops && host_ops->log) {

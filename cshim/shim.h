@@ -187,6 +187,7 @@ int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
 int nasmig_call_disk_attach(const char *filename, uint64_t size, char *err,
                             size_t errlen);
 void nasmig_call_kick(void);
+void nasmig_call_approve_switchover(void);
 void nasmig_call_log(int level, const char *msg);
 void nasmig_set_host(const struct nasmig_host *host);
 

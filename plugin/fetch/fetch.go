@@ -61,7 +61,18 @@ type Fetcher struct {
 	free     [][]byte
 	errs     []string
 	nerrs    int
+
+	// Switchover approval: once nothing is queued or in flight and no
+	// reference arrived for quietBeforeApproval, the source may stop the
+	// guest; what remains to fetch then is small, and so is the downtime.
+	lastRef  time.Time
+	approved bool
 }
+
+const (
+	quietBeforeApproval = 200 * time.Millisecond
+	noRefsApproval      = 3 * time.Second
+)
 
 // Start launches the worker; it sleeps on an eventfd that C writes to.
 func Start(log zerolog.Logger, diskName DiskName) (*Fetcher, error) {
@@ -90,10 +101,12 @@ func (f *Fetcher) run() {
 	reqs := make([]cshim.FetchReq, 1024)
 	dones := make([]cshim.FetchDone, 64)
 	var stopAt time.Time
+	started := time.Now()
 	for {
 		busy := false
 		if n := cshim.ReqPop(reqs); n > 0 {
 			busy = true
+			f.lastRef = time.Now()
 			for i := 0; i < n; i++ {
 				f.queued = append(f.queued, item{req: reqs[i]})
 			}
@@ -109,6 +122,7 @@ func (f *Fetcher) run() {
 			f.issue(false)
 		}
 		f.settle()
+		f.maybeApprove(started)
 		select {
 		case <-f.stop:
 			if stopAt.IsZero() {
@@ -123,6 +137,28 @@ func (f *Fetcher) run() {
 			f.sleep()
 		}
 	}
+}
+
+// maybeApprove lets the source switch over once the fetch has caught up:
+// nothing queued or in flight (failed pages wait for the final re-read
+// anyway) and no reference for quietBeforeApproval after the first one, or
+// none at all for noRefsApproval (a guest with nothing mapped).
+func (f *Fetcher) maybeApprove(started time.Time) {
+	if f.approved || len(f.queued) > 0 || len(f.inflight) > 0 {
+		return
+	}
+	if f.lastRef.IsZero() {
+		if time.Since(started) < noRefsApproval {
+			return
+		}
+	} else if time.Since(f.lastRef) < quietBeforeApproval {
+		return
+	}
+	if st := cshim.StatsSnapshot(); st.PendingPages() > uint64(len(f.failed)) {
+		return
+	}
+	f.approved = true
+	cshim.ApproveSwitchover()
 }
 
 // settle answers barrier and finish requests once nothing is queued or in flight.
