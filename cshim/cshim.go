@@ -142,7 +142,11 @@ func SetExclude(names []string) error {
 	if len(buf) > len(C.nasmig_g.exclude) {
 		return fmt.Errorf("cshim: exclude list of %d bytes exceeds %d", len(buf), len(C.nasmig_g.exclude))
 	}
-	C.memcpy(unsafe.Pointer(&C.nasmig_g.exclude[0]), unsafe.Pointer(&buf[0]), C.size_t(len(buf)))
+	// Take the address outside the call: cgo rewrites an argument of the form
+	// &C.var.array[0] to point into a Go copy of the array (the C list then
+	// never changes).
+	dst := unsafe.Pointer(&C.nasmig_g.exclude[0])
+	C.memcpy(dst, unsafe.Pointer(&buf[0]), C.size_t(len(buf)))
 	return nil
 }
 
