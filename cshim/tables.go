@@ -91,6 +91,14 @@ func RingPop(out []Rec) int {
 // LostInvalidations counts write records the full ring could not take.
 func LostInvalidations() uint64 { return uint64(C.nasmig_lost_invalidations()) }
 
+// LostHead is the ring position up to which records must be popped and
+// applied before the map is dropped for the lost writes that
+// LostInvalidations counted (call it after LostInvalidations).
+func LostHead() uint64 { return uint64(C.nasmig_lost_head()) }
+
+// RingTail is the consumer's position in the tracking ring.
+func RingTail() uint64 { return uint64(C.nasmig_ring_tail()) }
+
 // Stats is struct nasmig_stats.
 type Stats C.struct_nasmig_stats
 

@@ -14,6 +14,7 @@
 package p2b
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,14 +54,29 @@ func (m *Map) DrainOnce() int {
 }
 
 func (m *Map) drainLocked() int {
+	n := m.popApplyLocked()
+	if lost := cshim.LostInvalidations(); lost != m.lastLost {
+		// A write we could not record may have hit any block: fail closed.
+		// Records queued before it may map pages to the blocks it wrote
+		// and no invalidation will follow them: apply them first, so that
+		// the drop covers them too.  Their producers are publishing now.
+		for until := cshim.LostHead(); cshim.RingTail() < until; {
+			k := m.popApplyLocked()
+			if k == 0 {
+				runtime.Gosched()
+			}
+			n += k
+		}
+		m.lastLost = lost
+		m.dropAllLocked()
+	}
+	return n
+}
+
+func (m *Map) popApplyLocked() int {
 	n := cshim.RingPop(m.buf)
 	for i := 0; i < n; i++ {
 		m.apply(&m.buf[i])
-	}
-	if lost := cshim.LostInvalidations(); lost != m.lastLost {
-		// A write we could not record may have hit any block: fail closed.
-		m.lastLost = lost
-		m.dropAllLocked()
 	}
 	return n
 }
@@ -186,9 +202,13 @@ func (m *Map) mapPage(rb uint32, page uint64, disk int, block, hash uint64) {
 	if slot == nil {
 		return
 	}
-	// One page per block: the block's previous page loses its mapping.
+	// One page per block: the block's previous page loses its mapping.  It
+	// may have gone out as a reference to the block already, and only the
+	// new page will hear of later writes to it: send it again.
 	if prb, ppage, ok := revPage(atomic.LoadUint64(slot)); ok && (prb != rb || ppage != page) {
-		m.unmapPage(prb, ppage, disk, block)
+		if m.unmapPage(prb, ppage, disk, block) && m.migrating {
+			m.redirty = append(m.redirty, PageRef{prb, ppage})
+		}
 	}
 	atomic.StoreUint64(slot, revWord(rb, page, hash))
 	atomic.StoreUint64(&fwd[page], fwdWord(disk, block, hash))
