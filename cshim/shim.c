@@ -335,6 +335,7 @@ struct inflight_slot {
 static struct inflight_slot inflight[INFLIGHT_SLOTS];
 static pthread_mutex_t inflight_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t inflight_overflow; /* pages that could not be registered */
+static uint32_t inflight_used;     /* slots holding a key */
 
 static inline uint32_t inflight_hash(uint64_t key)
 {
@@ -350,9 +351,15 @@ static struct inflight_slot *inflight_find(uint64_t key, int insert)
             return &inflight[i];
         }
         if (inflight[i].key == 0) {
-            if (!insert) {
+            /*
+             * Keep half the slots empty: probes stay short under the lock,
+             * and inflight_remove's shift always finds an empty slot (in
+             * a full table it would never stop).
+             */
+            if (!insert || inflight_used >= INFLIGHT_SLOTS / 2) {
                 return NULL;
             }
+            inflight_used++;
             inflight[i].key = key;
             inflight[i].count = 0;
             inflight[i].overlapped = 0;
@@ -381,6 +388,7 @@ static void inflight_remove(struct inflight_slot *s)
         i = j;
     }
     inflight[i].key = 0;
+    inflight_used--;
 }
 
 void nasmig_lib_block_read_begin(const void *const *hosts, unsigned n)
