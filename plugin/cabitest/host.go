@@ -1,0 +1,51 @@
+package cabitest
+
+/*
+#cgo CFLAGS: -O2 -Wall -Werror -I${SRCDIR}/../../cshim
+#include <stdint.h>
+#include "nasmig.h"
+extern struct nasmig_host cabi_host;
+uint64_t cabi_kicks(void);
+uint64_t cabi_logs(void);
+*/
+import "C"
+
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"nasmig/cshim"
+)
+
+// MarkDirtyFunc receives the library's mark_dirty calls (QEMU would set the
+// pages' dirty bits for migration).
+type MarkDirtyFunc func(ramblock uint32, offset, length uint64)
+
+var markDirty atomic.Pointer[MarkDirtyFunc]
+
+//export cabitestMarkDirty
+func cabitestMarkDirty(rb C.uint32_t, off, length C.uint64_t) {
+	if f := markDirty.Load(); f != nil {
+		(*f)(uint32(rb), uint64(off), uint64(length))
+	}
+}
+
+// InstallHost hands the library a host table (in C memory) whose mark_dirty
+// calls f; f may be replaced later with SetMarkDirty.
+func InstallHost(f MarkDirtyFunc) {
+	SetMarkDirty(f)
+	cshim.SetHost(unsafe.Pointer(&C.cabi_host))
+}
+
+// SetMarkDirty replaces the receiver of mark_dirty calls (nil: ignore them).
+func SetMarkDirty(f MarkDirtyFunc) {
+	if f == nil {
+		markDirty.Store(nil)
+		return
+	}
+	markDirty.Store(&f)
+}
+
+// Kicks and Logs count the host's kick and log calls.
+func Kicks() uint64 { return uint64(C.cabi_kicks()) }
+func Logs() uint64  { return uint64(C.cabi_logs()) }
