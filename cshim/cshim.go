@@ -157,7 +157,9 @@ func SetErr(msg string) {
 	C.nasmig_set_err(cs)
 }
 
-// Err returns the current error message.
+// Err returns the current error message (read under its lock).
 func Err() string {
-	return C.GoString(&C.nasmig_g.err[0])
+	var buf [1024]C.char
+	C.nasmig_lib_errmsg(&buf[0], C.size_t(len(buf)))
+	return C.GoString(&buf[0])
 }

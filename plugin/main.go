@@ -58,12 +58,16 @@ func cError(buf *C.char, n C.size_t, msg string) {
 
 //export nasmig_register
 func nasmig_register(host *C.struct_nasmig_host, out *C.struct_nasmig_lib, args **C.char, nargs C.int, errBuf *C.char, errLen C.size_t) C.int {
-	if host == nil || host.abi_version != C.NASMIG_ABI_VERSION || uintptr(host.struct_size) < unsafe.Sizeof(*host) {
-		var v C.uint32_t
-		if host != nil {
-			v = host.abi_version
-		}
-		cError(errBuf, errLen, fmt.Sprintf("ABI version mismatch: QEMU speaks nasmig ABI %d, libnasmig.so speaks %d; rebuild both from one checkout", v, cshim.ABIVersion))
+	if host == nil {
+		cError(errBuf, errLen, "no host table")
+		return -C.EPROTO
+	}
+	if host.abi_version != C.NASMIG_ABI_VERSION {
+		cError(errBuf, errLen, fmt.Sprintf("ABI version mismatch: QEMU speaks nasmig ABI %d, libnasmig.so speaks %d; rebuild both from one checkout", host.abi_version, cshim.ABIVersion))
+		return -C.EPROTO
+	}
+	if uintptr(host.struct_size) < unsafe.Sizeof(*host) {
+		cError(errBuf, errLen, fmt.Sprintf("ABI mismatch: QEMU's host table has %d bytes, libnasmig.so needs %d (same ABI version %d: a build from another checkout?)", host.struct_size, unsafe.Sizeof(*host), cshim.ABIVersion))
 		return -C.EPROTO
 	}
 	var argv []string
