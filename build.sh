@@ -252,11 +252,7 @@ do_test() {
 	go test -count=1 -race ./cshim/... ./plugin/... ./tests/harness/... || fail=1
 	done_step
 	step "end-to-end migrations of a real guest"
-	# Cases 09 (stale reference) and 10 (capability mismatch) are skipped
-	# until their expectations are settled against the return-path fix in
-	# qemu-patches/0005; say so rather than hide it.
-	echo "    SKIPPED: TestMigrations/09-stale-reference and 10-capability-mismatch (under review, see README)"
-	go test -count=1 -v -timeout 70m -skip 'TestMigrations/(09|10)-' ./tests/e2e/... || fail=1
+	go test -count=1 -v -timeout 70m ./tests/e2e/... || fail=1
 	done_step
 	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "ALL TESTS PASSED" || echo "TESTS FAILED")" $(($(date +%s) - t0))
 	return $fail

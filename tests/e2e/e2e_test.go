@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"sort"
@@ -203,8 +204,10 @@ func cases() []e2eCase {
 		nasmigBothSides(e2eCase{
 			name: "09-stale-reference", workload: "pagecache-read",
 			opts: harness.MigrateOpts{
-				Params:  map[string]any{"max-bandwidth": 20_000_000},
-				Timeout: 4 * time.Minute,
+				Params: map[string]any{"max-bandwidth": 20_000_000},
+				// At 20 MB/s the ~100 MiB that are not references take
+				// about 5 s: two minutes means something hangs.
+				Timeout: 2 * time.Minute,
 			},
 			flow: staleReferenceFlow,
 		}),
@@ -320,6 +323,9 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	}
 	if c.bus == "" {
 		c.bus = harness.BusVirtio
+	}
+	if c.opts.Timeout == 0 {
+		c.opts.Timeout = 3 * time.Minute // these migrations take seconds
 	}
 	p := &pair{c: c, env: env, run: harness.NewTestRun(t, env), fig: f}
 	p.run.Logf("case %s: workload %s, %s on %s, source %s, destination %s", c.name, c.workload, c.format, c.bus, c.src, c.dst)
@@ -607,19 +613,69 @@ func staleReferenceFlow(t *testing.T, ctx context.Context, p *pair) {
 		t.Logf("destination: verify-failures %d, fallbacks %d, fetched-pages %d", o.dst.VerifyFailures, o.dst.Fallbacks, o.dst.FetchedPages)
 		expectSourceAlive(t, ctx, p)
 	default:
-		// Say what state the guest is left in: with the source
-		// "completed" (postmigrate) and the destination failed, it runs
-		// nowhere.
-		srcStatus, _ := p.src.Status(ctx)
-		dstStatus, _ := p.dst.Status(ctx)
+		// Say what state the guest is left in (with the source
+		// "completed", i.e. postmigrate, and the destination failed, it
+		// runs nowhere), and dump the stacks of a QEMU that no longer
+		// answers QMP.
+		srcStatus := quickStatus(ctx, t, p, p.src)
+		dstStatus := quickStatus(ctx, t, p, p.dst)
+		srcMig, dstMig := "?", "?"
+		if r.result != nil {
+			srcMig, dstMig = r.result.Source.Status, r.result.Destination.Status
+		}
 		p.fig.result = "neither (a) nor (b)"
-		p.fig.note = fmt.Sprintf("src %s/%s, dst %s/%s, dst verify-failures %d", r.result.Status(), srcStatus,
-			r.result.Destination.Status, dstStatus, o.dst.VerifyFailures)
+		p.fig.note = fmt.Sprintf("src %s/%s, dst %s/%s, dst verify-failures %d", srcMig, srcStatus, dstMig, dstStatus, o.dst.VerifyFailures)
 		t.Fatalf("neither outcome: migration source status %q with query-status %q, destination status %q with query-status %q "+
 			"(destination verify-failures %d, fallbacks %d): want (a) completed on both sides with identical RAM, or (b) "+
 			"failed on the source with the source running; error: %v",
-			r.result.Status(), srcStatus, r.result.Destination.Status, dstStatus, o.dst.VerifyFailures, o.dst.Fallbacks, r.err)
+			srcMig, srcStatus, dstMig, dstStatus, o.dst.VerifyFailures, o.dst.Fallbacks, r.err)
 	}
+}
+
+// quickStatus asks vm's run state with a 5 s limit. A QEMU that does not
+// answer has a blocked main loop: its thread stacks go to NAME.stacks.txt
+// in the run folder (gdb, when installed), and the answer says so.
+func quickStatus(ctx context.Context, t *testing.T, p *pair, vm *harness.VM) string {
+	t.Helper()
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	status, err := vm.Status(qctx)
+	if err == nil {
+		return status
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return "error: " + err.Error()
+	}
+	answer := "no answer to QMP in 5 s"
+	if stacks, dumpErr := dumpStacks(ctx, vm, p.run.Path(vm.Config.Name+".stacks.txt")); dumpErr != nil {
+		t.Logf("vm %s hangs; no stack dump: %v", vm.Config.Name, dumpErr)
+	} else {
+		answer += " (thread stacks in " + stacks + ")"
+		t.Logf("vm %s hangs: thread stacks in %s", vm.Config.Name, stacks)
+	}
+	return answer
+}
+
+// dumpStacks writes every thread's backtrace of vm's QEMU to path with gdb.
+func dumpStacks(ctx context.Context, vm *harness.VM, path string) (string, error) {
+	gdb, err := exec.LookPath("gdb")
+	if err != nil {
+		return "", err
+	}
+	if vm.PID() == 0 {
+		return "", errors.New("no process")
+	}
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(dctx, gdb, "-p", strconv.Itoa(vm.PID()), "-batch", "-nx",
+		"-ex", "set pagination off", "-ex", "thread apply all bt").CombinedOutput()
+	if writeErr := os.WriteFile(path, out, 0o644); writeErr != nil {
+		return "", writeErr
+	}
+	if err != nil {
+		return path, fmt.Errorf("gdb: %w (output in %s)", err, path)
+	}
+	return path, nil
 }
 
 // capabilityMismatchFlow: the source offers disk references, the

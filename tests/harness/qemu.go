@@ -427,6 +427,15 @@ func (vm *VM) Verify(ctx context.Context) (checked int64, err error) {
 	return 0, fmt.Errorf("vm %s: malformed answer to verify: %q", vm.Config.Name, line.Text)
 }
 
+// PID is the QEMU process's id (for a debugger or a stack dump of a hung
+// QEMU); 0 before it started.
+func (vm *VM) PID() int {
+	if vm.cmd == nil || vm.cmd.Process == nil {
+		return 0
+	}
+	return vm.cmd.Process.Pid
+}
+
 // Exited is closed once the QEMU process has ended.
 func (vm *VM) Exited() <-chan struct{} { return vm.exited }
 
