@@ -9,9 +9,8 @@ import (
 	"os"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"nasmig/cshim"
+	"nasmig/cshim/cshimtest"
 )
 
 // testRingSlots is the tracking ring of this test binary: small, so that
@@ -29,24 +28,6 @@ func TestMain(m *testing.M) {
 	cshim.SetKey(cshim.ExpandKey(testSeed))
 	cshim.SetFlags(true, false)
 	os.Exit(m.Run())
-}
-
-// cPages returns n pages of C memory (never the Go heap), unmapped at the
-// end of the test.
-func cPages(tb testing.TB, n int) []byte {
-	tb.Helper()
-	mem, err := unix.Mmap(-1, 0, n*cshim.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		tb.Fatalf("mmap %d pages: %v", n, err)
-	}
-	tb.Cleanup(func() { unix.Munmap(mem) })
-	return mem
-}
-
-func fillRandom(r *rand.Rand, b []byte) {
-	for i := 0; i+8 <= len(b); i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
-	}
 }
 
 // withKey installs the key expanded from seed for the duration of f.
@@ -113,7 +94,7 @@ func refHash(key, page []byte) [2]uint64 {
 
 func TestHashMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	page := cPages(t, 1)
+	page := cshimtest.CMem(t, (1)*cshim.PageSize)
 	key := cshim.ExpandKey(testSeed)
 	patterns := map[string]func(){
 		"zero": func() { clear(page) },
@@ -122,7 +103,7 @@ func TestHashMatchesReference(t *testing.T) {
 				page[i] = 0xff
 			}
 		},
-		"random": func() { fillRandom(r, page) },
+		"random": func() { cshimtest.FillRandom(r, page) },
 	}
 	for name, fill := range patterns {
 		for i := 0; i < 20; i++ {
@@ -135,8 +116,8 @@ func TestHashMatchesReference(t *testing.T) {
 	// Other keys too.
 	for i := 0; i < 10; i++ {
 		var seed [32]byte
-		fillRandom(r, seed[:])
-		fillRandom(r, page)
+		cshimtest.FillRandom(r, seed[:])
+		cshimtest.FillRandom(r, page)
 		withKey(seed, func() {
 			if got, want := cshim.HashPage(page), refHash(cshim.ExpandKey(seed), page); got != want {
 				t.Fatalf("key %x: C hash %x, reference %x", seed, got, want)
@@ -147,9 +128,9 @@ func TestHashMatchesReference(t *testing.T) {
 
 func TestHashDeterministic(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	a, b := cPages(t, 1), cPages(t, 1)
+	a, b := cshimtest.CMem(t, (1)*cshim.PageSize), cshimtest.CMem(t, (1)*cshim.PageSize)
 	for i := 0; i < 100; i++ {
-		fillRandom(r, a)
+		cshimtest.FillRandom(r, a)
 		copy(b, a)
 		h1, h2, h3 := cshim.HashPage(a), cshim.HashPage(a), cshim.HashPage(b)
 		if h1 != h2 || h1 != h3 {
@@ -157,8 +138,8 @@ func TestHashDeterministic(t *testing.T) {
 		}
 	}
 	// Only the first PageSize bytes count.
-	big := cPages(t, 2)
-	fillRandom(r, big)
+	big := cshimtest.CMem(t, (2)*cshim.PageSize)
+	cshimtest.FillRandom(r, big)
 	h := cshim.HashPage(big)
 	big[cshim.PageSize] ^= 1
 	if cshim.HashPage(big) != h {
@@ -168,12 +149,12 @@ func TestHashDeterministic(t *testing.T) {
 
 func TestHashKeysDiffer(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
-	page := cPages(t, 1)
-	fillRandom(r, page)
+	page := cshimtest.CMem(t, (1)*cshim.PageSize)
+	cshimtest.FillRandom(r, page)
 	seen := map[[2]uint64][32]byte{}
 	for i := 0; i < 64; i++ {
 		var seed [32]byte
-		fillRandom(r, seed[:])
+		cshimtest.FillRandom(r, seed[:])
 		if i == 0 {
 			seed = [32]byte{} // the all-zero seed is a key like any other
 		}
@@ -187,7 +168,7 @@ func TestHashKeysDiffer(t *testing.T) {
 	}
 	// One flipped bit of the seed is another key.
 	var s1 [32]byte
-	fillRandom(r, s1[:])
+	cshimtest.FillRandom(r, s1[:])
 	s2 := s1
 	s2[31] ^= 0x80
 	var h1, h2 [2]uint64
@@ -200,10 +181,10 @@ func TestHashKeysDiffer(t *testing.T) {
 
 func TestHashBitFlip(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
-	page := cPages(t, 1)
+	page := cshimtest.CMem(t, (1)*cshim.PageSize)
 	for _, name := range []string{"random", "zero"} {
 		if name == "random" {
-			fillRandom(r, page)
+			cshimtest.FillRandom(r, page)
 		} else {
 			clear(page)
 		}
@@ -315,8 +296,8 @@ func TestErr(t *testing.T) {
 }
 
 func BenchmarkHashPage(b *testing.B) {
-	page := cPages(b, 64)
-	fillRandom(rand.New(rand.NewPCG(9, 10)), page)
+	page := cshimtest.CMem(b, (64)*cshim.PageSize)
+	cshimtest.FillRandom(rand.New(rand.NewPCG(9, 10)), page)
 	b.SetBytes(cshim.PageSize)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"nasmig/cshim"
+	"nasmig/cshim/cshimtest"
 )
 
 // drainRing empties the tracking ring and returns what it held.
@@ -81,8 +82,8 @@ func TestRingFullDrops(t *testing.T) {
 	st0 := cshim.StatsSnapshot()
 	lost0 := cshim.LostInvalidations()
 	cshim.BlockWriteDone(1, 0, cshim.PageSize)
-	page := cPages(t, 1)
-	gen := (*uint32)(unsafe.Pointer(&cPages(t, 1)[0]))
+	page := cshimtest.CMem(t, (1)*cshim.PageSize)
+	gen := (*uint32)(unsafe.Pointer(&cshimtest.CMem(t, (1)*cshim.PageSize)[0]))
 	cshim.BlockReadDone(1, 0, []uint64{0, cshim.PageSize}, []uint64{0, cshim.PageSize},
 		[]unsafe.Pointer{unsafe.Pointer(&page[0]), unsafe.Pointer(&page[0])}, gen, 0)
 	st1 := cshim.StatsSnapshot()
@@ -134,9 +135,9 @@ func TestRingWraparound(t *testing.T) {
 func TestBlockReadDoneRecords(t *testing.T) {
 	drainRing()
 	r := rand.New(rand.NewPCG(13, 14))
-	pages := cPages(t, 3)
-	fillRandom(r, pages)
-	genMem := cPages(t, 1)
+	pages := cshimtest.CMem(t, (3)*cshim.PageSize)
+	cshimtest.FillRandom(r, pages)
+	genMem := cshimtest.CMem(t, (1)*cshim.PageSize)
 	gen := (*uint32)(unsafe.Pointer(&genMem[0]))
 	atomic.StoreUint32(gen, 41)
 	ramOffs := []uint64{5 << cshim.PageShift, 9 << cshim.PageShift, 2 << cshim.PageShift}

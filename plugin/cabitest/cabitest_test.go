@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"nasmig/cshim/cshimtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +13,6 @@ import (
 	"testing"
 	"time"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"nasmig/cshim"
 	"nasmig/plugin/cabitest"
@@ -265,16 +264,6 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-func cMem(t *testing.T, n int) []byte {
-	t.Helper()
-	mem, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Munmap(mem) })
-	return mem
-}
-
 // TestCMicroBench measures the hot paths from C with clock_gettime and
 // prints medians (no assertion on time).
 func TestCMicroBench(t *testing.T) {
@@ -287,7 +276,7 @@ func TestCMicroBench(t *testing.T) {
 	if rb < 0 || disk < 0 {
 		t.Fatalf("registration: %d %d", rb, disk)
 	}
-	hostbuf := cMem(t, 64*cshim.PageSize)
+	hostbuf := cshimtest.CMem(t, 64*cshim.PageSize)
 	r := rand.New(rand.NewPCG(1, 1))
 	for i := 0; i+8 <= len(hostbuf); i += 8 {
 		binary.LittleEndian.PutUint64(hostbuf[i:], r.Uint64())

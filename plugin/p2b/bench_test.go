@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"nasmig/cshim"
+	"nasmig/cshim/cshimtest"
 	"nasmig/plugin/p2b"
 )
 
@@ -48,7 +49,7 @@ func benchMap(b *testing.B) (uint32, []byte) {
 		if f.hostbuf, f.err = mmapLeak(64 * cshim.PageSize); f.err != nil {
 			return
 		}
-		fillRandom(rand.New(rand.NewPCG(5, 5)), f.hostbuf)
+		cshimtest.FillRandom(rand.New(rand.NewPCG(5, 5)), f.hostbuf)
 		m := p2b.New()
 		genMem, err := mmapLeak(cshim.PageSize)
 		if err != nil {
@@ -135,7 +136,7 @@ func BenchmarkBlockReadDone(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	fillRandom(rand.New(rand.NewPCG(6, 6)), hostbuf)
+	cshimtest.FillRandom(rand.New(rand.NewPCG(6, 6)), hostbuf)
 	genMem, err := mmapLeak(cshim.PageSize)
 	if err != nil {
 		b.Fatal(err)
@@ -214,9 +215,9 @@ func TestMemoryFootprint64GiB(t *testing.T) {
 	if rb < 0 || disk < 0 {
 		t.Fatalf("registration: %d %d", rb, disk)
 	}
-	hostbuf := cMem(t, 64*cshim.PageSize)
-	fillRandom(rand.New(rand.NewPCG(7, 7)), hostbuf)
-	gen := (*uint32)(unsafe.Pointer(&cMem(t, cshim.PageSize)[0]))
+	hostbuf := cshimtest.CMem(t, 64*cshim.PageSize)
+	cshimtest.FillRandom(rand.New(rand.NewPCG(7, 7)), hostbuf)
+	gen := (*uint32)(unsafe.Pointer(&cshimtest.CMem(t, cshim.PageSize)[0]))
 
 	m := p2b.New()
 	m.Sync()

@@ -1,7 +1,6 @@
 package p2b_test
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -10,9 +9,8 @@ import (
 	"testing"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
 	"nasmig/cshim"
+	"nasmig/cshim/cshimtest"
 	"nasmig/plugin/cabitest"
 	"nasmig/plugin/p2b"
 	"nasmig/plugin/wire"
@@ -83,23 +81,6 @@ func (r *recorder) setHook(f func(p2b.PageRef)) {
 	r.mu.Unlock()
 }
 
-// cMem maps n bytes of C memory (never the Go heap) for the test's life.
-func cMem(tb testing.TB, n int) []byte {
-	tb.Helper()
-	mem, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-	if err != nil {
-		tb.Fatalf("mmap %d bytes: %v", n, err)
-	}
-	tb.Cleanup(func() { unix.Munmap(mem) })
-	return mem
-}
-
-func fillRandom(r *rand.Rand, b []byte) {
-	for i := 0; i+8 <= len(b); i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
-	}
-}
-
 // env is one registered RAM block and disk with simulated guest RAM and
 // disk content in C memory, and a map writer.
 type env struct {
@@ -133,10 +114,10 @@ func newEnv(tb testing.TB, name string, npages, nblocks int) *env {
 	if e.disk < 0 {
 		tb.Fatalf("DiskAdd(%s): %d", name, e.disk)
 	}
-	e.ram = cMem(tb, npages*cshim.PageSize)
-	e.dsk = cMem(tb, nblocks*cshim.PageSize)
-	fillRandom(e.r, e.dsk)
-	e.gen = (*uint32)(unsafe.Pointer(&cMem(tb, cshim.PageSize)[0]))
+	e.ram = cshimtest.CMem(tb, npages*cshim.PageSize)
+	e.dsk = cshimtest.CMem(tb, nblocks*cshim.PageSize)
+	cshimtest.FillRandom(e.r, e.dsk)
+	e.gen = (*uint32)(unsafe.Pointer(&cshimtest.CMem(tb, cshim.PageSize)[0]))
 	e.m = p2b.New()
 	e.m.Sync() // leftovers of earlier tests land now, not in this test
 	dirtyRec.take(tb)
@@ -190,7 +171,7 @@ func (e *env) readRange(p, b, n int) {
 // write emulates a completed guest write of new content to [off, off+len):
 // data first, then write_gen, then the write hook.
 func (e *env) write(off, length uint64) {
-	fillRandom(e.r, e.dsk[off:off+length])
+	cshimtest.FillRandom(e.r, e.dsk[off:off+length])
 	if length%8 != 0 || off%8 != 0 {
 		for i := off; i < off+length; i++ {
 			e.dsk[i] = byte(e.r.Uint32())

@@ -1,0 +1,29 @@
+// Package cshimtest holds helpers shared by tests that hand memory to
+// nasmig's C code: such memory must never be Go heap.
+package cshimtest
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// CMem maps n bytes outside the Go heap for the test's life.
+func CMem(tb testing.TB, n int) []byte {
+	tb.Helper()
+	mem, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		tb.Fatalf("mmap %d bytes: %v", n, err)
+	}
+	tb.Cleanup(func() { unix.Munmap(mem) })
+	return mem
+}
+
+// FillRandom overwrites b with pseudo-random words from r.
+func FillRandom(r *rand.Rand, b []byte) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+}
