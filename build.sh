@@ -227,7 +227,7 @@ EOF
 GUEST=$CACHE/guest
 build_guest() {
 	step "guest image (kernel from Debian, our init, data disks)"
-	NASMIG_QEMU_IMG="$OUT/qemu-img" bash tests/guest/mkguest.sh "$GUEST"
+	NASMIG_GUEST_CACHE="$CACHE/guest-cache" NASMIG_QEMU_IMG="$OUT/qemu-img" bash tests/guest/mkguest.sh "$GUEST"
 	done_step
 }
 
