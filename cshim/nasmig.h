@@ -115,8 +115,9 @@ struct nasmig_host {
 
     /*
      * Destination: the fetch has caught up with the references received so
-     * far, so the source may stop the guest (capability switchover-ack).
-     * Idempotent within one migration; callable from any thread.
+     * far (the library repeats this every 100 ms while it holds).  QEMU
+     * approves the switchover (capability switchover-ack) once the source's
+     * first pass is over too.  Callable from any thread.
      */
     void (*approve_switchover)(void);
 

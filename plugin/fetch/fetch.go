@@ -62,16 +62,18 @@ type Fetcher struct {
 	errs     []string
 	nerrs    int
 
-	// Switchover approval: once nothing is queued or in flight and no
-	// reference arrived for quietBeforeApproval, the source may stop the
-	// guest; what remains to fetch then is small, and so is the downtime.
-	lastRef  time.Time
-	approved bool
+	// Switchover approval: while nothing is queued or in flight and no
+	// reference arrived for quietBeforeApproval, the fetch has caught up;
+	// QEMU approves once the source's first pass is over too, so what
+	// remains to fetch at switchover (downtime) is small.
+	lastRef      time.Time
+	lastCaughtUp time.Time
 }
 
 const (
 	quietBeforeApproval = 200 * time.Millisecond
 	noRefsApproval      = 3 * time.Second
+	caughtUpInterval    = 100 * time.Millisecond
 )
 
 // Start launches the worker; it sleeps on an eventfd that C writes to.
@@ -139,12 +141,13 @@ func (f *Fetcher) run() {
 	}
 }
 
-// maybeApprove lets the source switch over once the fetch has caught up:
-// nothing queued or in flight (failed pages wait for the final re-read
-// anyway) and no reference for quietBeforeApproval after the first one, or
-// none at all for noRefsApproval (a guest with nothing mapped).
+// maybeApprove tells QEMU, every caughtUpInterval, that the fetch has
+// caught up: nothing queued or in flight (failed pages wait for the final
+// re-read anyway) and no reference for quietBeforeApproval after the first
+// one, or none at all for noRefsApproval (a guest with nothing mapped).
+// QEMU approves the switchover once.
 func (f *Fetcher) maybeApprove(started time.Time) {
-	if f.approved || len(f.queued) > 0 || len(f.inflight) > 0 {
+	if len(f.queued) > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval {
 		return
 	}
 	if f.lastRef.IsZero() {
@@ -157,7 +160,7 @@ func (f *Fetcher) maybeApprove(started time.Time) {
 	if st := cshim.StatsSnapshot(); st.PendingPages() > uint64(len(f.failed)) {
 		return
 	}
-	f.approved = true
+	f.lastCaughtUp = time.Now()
 	cshim.ApproveSwitchover()
 }
 
