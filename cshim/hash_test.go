@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"fmt"
 	"math/rand/v2"
 	"os"
 	"testing"
@@ -21,12 +20,7 @@ var testSeed = [32]byte{'n', 'a', 's', 'm', 'i', 'g', '-', 'c', 's', 'h', 'i', '
 
 // TestMain sets up the process-global C state once: the ring and a fixed key.
 func TestMain(m *testing.M) {
-	if err := cshim.Init(testRingSlots); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	cshim.SetKey(cshim.ExpandKey(testSeed))
-	cshim.SetFlags(true, false)
+	cshimtest.Setup(testRingSlots, testSeed)
 	os.Exit(m.Run())
 }
 

@@ -4,10 +4,14 @@ package cshimtest
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"nasmig/cshim"
 )
 
 // CMem maps n bytes outside the Go heap for the test's life.
@@ -26,4 +30,16 @@ func FillRandom(r *rand.Rand, b []byte) {
 	for i := 0; i+8 <= len(b); i += 8 {
 		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
 	}
+}
+
+// Setup prepares the process-global C state once per test binary: the
+// rings, the hash key expanded from seed, and tracking switched on (auto
+// enable off).  It exits the process if the rings cannot be set up.
+func Setup(ringSlots uint32, seed [32]byte) {
+	if err := cshim.Init(ringSlots); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cshim.SetKey(cshim.ExpandKey(seed))
+	cshim.SetFlags(true, false)
 }

@@ -27,12 +27,7 @@ var testSeed = [32]byte{'p', '2', 'b'}
 // switch that makes disks eligible, and a host table whose mark_dirty
 // reports to the current test.
 func TestMain(m *testing.M) {
-	if err := cshim.Init(testRingSlots); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	cshim.SetKey(cshim.ExpandKey(testSeed))
-	cshim.SetFlags(true, false)
+	cshimtest.Setup(testRingSlots, testSeed)
 	cabitest.InstallHost(func(rb uint32, off, length uint64) { dirtyRec.add(rb, off, length) })
 	os.Exit(m.Run())
 }
