@@ -42,6 +42,32 @@ func (r *report) lines() []string {
 	return append(out, fmt.Sprintf("FAIL done failures=%d checked=%d", len(r.fails), r.checked))
 }
 
+// maxListed is how many problems of one kind are listed one by one; the
+// rest are only counted, so one bad file does not flood the console.
+const maxListed = 10
+
+// cappedFails reports the first maxListed failures of one check to r and
+// counts the rest.
+type cappedFails struct {
+	r *report
+	n int
+}
+
+func (c *cappedFails) failf(format string, args ...any) {
+	if c.n < maxListed {
+		c.r.failf(format, args...)
+	}
+	c.n++
+}
+
+// more reports how many failures were not listed; format ends in a %d for
+// that count, after args.
+func (c *cappedFails) more(format string, args ...any) {
+	if c.n > maxListed {
+		c.r.failf(format, append(args, c.n-maxListed)...)
+	}
+}
+
 // problemLog remembers problems seen while a workload runs, so that the
 // next verify reports them. It keeps the first few messages and a count.
 type problemLog struct {
@@ -51,7 +77,7 @@ type problemLog struct {
 
 func (p *problemLog) addf(format string, args ...any) {
 	p.n++
-	if len(p.first) < 10 {
+	if len(p.first) < maxListed {
 		p.first = append(p.first, fmt.Sprintf(format, args...))
 	}
 }
@@ -182,7 +208,7 @@ func (m *mixedFile) check(r *report, name string) {
 	m.problems.report(r, name)
 	const chunkBlocks = 256
 	buf := make([]byte, chunkBlocks*gen.BlockSize)
-	bad := 0
+	bad := cappedFails{r: r}
 	for first := 0; first < m.blocks; first += chunkBlocks {
 		n := min(chunkBlocks, m.blocks-first)
 		data := buf[:n*gen.BlockSize]
@@ -194,17 +220,12 @@ func (m *mixedFile) check(r *report, name string) {
 			blk := first + i
 			m.book.expected(m.exp, blk)
 			if !bytes.Equal(data[i*gen.BlockSize:(i+1)*gen.BlockSize], m.exp) {
-				if bad < 10 {
-					r.failf("%s: block %d (offset %d) differs from version %d", name, blk, int64(blk)*gen.BlockSize, m.book.versions[blk])
-				}
-				bad++
+				bad.failf("%s: block %d (offset %d) differs from version %d", name, blk, int64(blk)*gen.BlockSize, m.book.versions[blk])
 			}
 		}
 		r.checked += n
 	}
-	if bad > 10 {
-		r.failf("%s: %d more blocks differ", name, bad-10)
-	}
+	bad.more("%s: %d more blocks differ", name)
 }
 
 // Pages modified through a shared mapping (mmap-write) carry a 16-byte stamp

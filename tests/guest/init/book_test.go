@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -182,5 +183,27 @@ func TestHotPattern(t *testing.T) {
 	page[8*100+3] ^= 1
 	if i := checkHotPage(page, 5, 9); i != 100 {
 		t.Fatalf("flipped word 100, checkHotPage = %d", i)
+	}
+}
+
+func TestCappedFailsListsTenThenCounts(t *testing.T) {
+	for _, n := range []int{0, 10, 11, 25} {
+		r := &report{}
+		c := cappedFails{r: r}
+		for i := 0; i < n; i++ {
+			c.failf("page %d differs", i)
+		}
+		c.more("%s: %d more pages differ", "x")
+		listed := min(n, maxListed)
+		want := listed
+		if n > maxListed {
+			want++
+		}
+		if len(r.fails) != want {
+			t.Fatalf("%d failures: %d lines %q, want %d", n, len(r.fails), r.fails, want)
+		}
+		if n > maxListed && r.fails[want-1] != fmt.Sprintf("x: %d more pages differ", n-maxListed) {
+			t.Fatalf("%d failures: last line %q", n, r.fails[want-1])
+		}
 	}
 }

@@ -491,27 +491,19 @@ func (w *mmapWrite) verify(r *report) {
 	w.read.verifyFiles(r, func(p string) bool { return strings.HasPrefix(p, gen.MmapDir+"/") })
 	exp := make([]byte, gen.BlockSize)
 	buf := make([]byte, gen.BlockSize)
-	bad := 0
+	bad := cappedFails{r: r}
 	for gp, pg := range w.pages {
 		mf := &w.maps[pg.file]
 		expectedMmapPage(exp, mf.seed, pg.blk, uint64(gp), w.vers[gp])
 		mem := mf.mem[pg.blk*gen.BlockSize : (pg.blk+1)*gen.BlockSize]
 		if !bytes.Equal(mem, exp) {
-			if bad < 10 {
-				r.failf("mmap-write: %s page %d differs from version %d (through the mapping)", mf.path, pg.blk, w.vers[gp])
-			}
-			bad++
+			bad.failf("mmap-write: %s page %d differs from version %d (through the mapping)", mf.path, pg.blk, w.vers[gp])
 		} else if _, err := mf.f.ReadAt(buf, int64(pg.blk)*gen.BlockSize); err != nil || !bytes.Equal(buf, exp) {
-			if bad < 10 {
-				r.failf("mmap-write: %s page %d: read() disagrees with the mapping (err %v)", mf.path, pg.blk, err)
-			}
-			bad++
+			bad.failf("mmap-write: %s page %d: read() disagrees with the mapping (err %v)", mf.path, pg.blk, err)
 		}
 		r.checked++
 	}
-	if bad > 10 {
-		r.failf("mmap-write: %d more pages differ", bad-10)
-	}
+	bad.more("mmap-write: %d more pages differ")
 }
 
 func (w *mmapWrite) status() string {
@@ -570,23 +562,18 @@ func (w *memoryHot) verify(r *report) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	pages := len(w.mem) / gen.BlockSize
-	bad := 0
+	bad := cappedFails{r: r}
 	for p := 0; p < pages; p++ {
 		pass := w.pass
 		if p >= w.cursor {
 			pass--
 		}
 		if i := checkHotPage(w.mem[p*gen.BlockSize:(p+1)*gen.BlockSize], pass, uint64(p)); i >= 0 {
-			if bad < 10 {
-				r.failf("memory-hot: page %d word %d does not hold pass %d", p, i, pass)
-			}
-			bad++
+			bad.failf("memory-hot: page %d word %d does not hold pass %d", p, i, pass)
 		}
 		r.checked++
 	}
-	if bad > 10 {
-		r.failf("memory-hot: %d more pages differ", bad-10)
-	}
+	bad.more("memory-hot: %d more pages differ")
 }
 
 func (w *memoryHot) status() string {
