@@ -28,6 +28,10 @@ const (
 	RAMSaveFlagRef   = C.NASMIG_RAM_SAVE_FLAG_DISKREF
 	RefWireVersion   = C.NASMIG_REF_WIRE_VERSION
 	RefWireSize      = C.NASMIG_REF_WIRE_SIZE
+	SetupFlagHold    = C.NASMIG_SETUP_FLAG_HOLD
+	ModeOff          = C.NASMIG_MODE_OFF
+	ModeLive         = C.NASMIG_MODE_LIVE
+	ModeSave         = C.NASMIG_MODE_SAVE
 	HashSize         = C.NASMIG_HASH_SIZE
 	SectionName      = C.NASMIG_SECTION_NAME
 	SectionVersion   = C.NASMIG_SECTION_VERSION
@@ -106,6 +110,24 @@ func SetKey(expanded []byte) {
 		panic(fmt.Sprintf("cshim: hash key of %d bytes, want %d", len(expanded), KeyBytes))
 	}
 	C.memcpy(unsafe.Pointer(&C.nasmig_g.key), unsafe.Pointer(&expanded[0]), C.size_t(KeyBytes))
+}
+
+// SetMigKey installs the expanded key of one migration's references.
+func SetMigKey(expanded []byte) {
+	if len(expanded) != KeyBytes {
+		panic(fmt.Sprintf("cshim: migration key of %d bytes, want %d", len(expanded), KeyBytes))
+	}
+	C.memcpy(unsafe.Pointer(&C.nasmig_g.mig_key), unsafe.Pointer(&expanded[0]), C.size_t(KeyBytes))
+}
+
+// HashPageMig hashes a page with the migration key (what a reference carries).
+func HashPageMig(page []byte) [2]uint64 {
+	if len(page) < PageSize {
+		panic("cshim: HashPageMig needs a whole page")
+	}
+	var out [2]C.uint64_t
+	C.nasmig_hash_page(&C.nasmig_g.mig_key, unsafe.Pointer(&page[0]), &out[0])
+	return [2]uint64{uint64(out[0]), uint64(out[1])}
 }
 
 // HashPage returns the keyed 128-bit hash of one 4 KiB page.

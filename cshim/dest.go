@@ -67,22 +67,28 @@ func ReadDisk(disk uint32, off uint64, buf unsafe.Pointer, length uint64, cookie
 	return nil
 }
 
-// AttachDisk finds the destination's node for a source disk.
-func AttachDisk(filename string, size uint64) (int, error) {
+// AttachDisk finds the destination's node for a source disk; track is the
+// node's tracking handle on this side (-1 when untracked).
+func AttachDisk(filename string, size uint64) (handle, track int, err error) {
 	cs := C.CString(filename)
 	defer C.free(unsafe.Pointer(cs))
 	var msg [512]C.char
-	rc := C.nasmig_call_disk_attach(cs, C.uint64_t(size), &msg[0], C.size_t(len(msg)))
+	var tr C.int
+	rc := C.nasmig_call_disk_attach(cs, C.uint64_t(size), &tr, &msg[0], C.size_t(len(msg)))
 	if rc < 0 {
-		return -1, fmt.Errorf("%s (errno %d)", C.GoString(&msg[0]), -rc)
+		return -1, -1, fmt.Errorf("%s (errno %d)", C.GoString(&msg[0]), -rc)
 	}
-	return int(rc), nil
+	return int(rc), int(tr), nil
 }
 
-// SetDestDisk maps a source disk index to a destination handle.
-func SetDestDisk(src, handle int, size uint64) {
-	C.nasmig_dest_set_disk(C.int(src), C.int(handle), C.uint64_t(size))
+// SetDestDisk maps a source disk index to a destination handle and to this
+// side's tracking handle (pages filled from it enter the map; -1: none).
+func SetDestDisk(src, handle int, size uint64, track int) {
+	C.nasmig_dest_set_disk(C.int(src), C.int(handle), C.uint64_t(size), C.int(track))
 }
+
+// StatsReset zeroes the per-migration counters.
+func StatsReset() { C.nasmig_stats_reset() }
 
 // DestReset clears per-migration destination state.
 func DestReset() { C.nasmig_dest_reset() }

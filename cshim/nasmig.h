@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 2
+#define NASMIG_ABI_VERSION 3
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
@@ -58,8 +58,39 @@ extern "C" {
 
 /* The setup section ("nasmig" savevm section) and its size cap. */
 #define NASMIG_SECTION_NAME "nasmig"
-#define NASMIG_SECTION_VERSION 1
+#define NASMIG_SECTION_VERSION 2
 #define NASMIG_SETUP_MAX_BYTES (1u << 20)
+
+/*
+ * Setup flags (the u16 after the setup section's version).
+ * HOLD: a live migration with a return path: the source holds the
+ * switchover until the destination approves it (NASMIG_RP_APPROVE), so
+ * the fetch left at switchover, which is downtime, stays small.  Without
+ * it (a save to a file, a stopped guest) the destination verifies every
+ * reference when the stream ends and approves nothing.
+ */
+#define NASMIG_SETUP_FLAG_HOLD 0x1
+
+/*
+ * Return-path message of a nasmig destination to a nasmig source (QEMU's
+ * MIG_RP_MSG_NASMIG): u8 kind, then kind-specific bytes, at most
+ * NASMIG_RP_MAX_BYTES in all.  Only sent when the source's setup section
+ * arrived, so only to a source that understands it.
+ */
+#define NASMIG_RP_APPROVE 1 /* the fetch has caught up: switch over */
+#define NASMIG_RP_ERROR 2   /* UTF-8 text: why the destination failed */
+#define NASMIG_RP_MAX_BYTES 512
+
+/*
+ * What an outgoing migration does with references (QEMU decides per
+ * migration, at its start; the library is told in source_setup).
+ */
+enum nasmig_mode {
+    NASMIG_MODE_OFF = 0,  /* step aside: a stock migration */
+    NASMIG_MODE_LIVE = 1, /* live, return path: references and the hold */
+    NASMIG_MODE_SAVE = 2, /* no return path, guest stopped or a file:
+                           * references, verified when the stream is read */
+};
 
 /* Limits of the tables below. */
 #define NASMIG_MAX_DISKS 64
@@ -104,20 +135,24 @@ struct nasmig_host {
     /*
      * Finds the destination's node for a disk described by the source's
      * disk table.  Returns a handle >= 0, or a negative errno with a message
-     * in err: -ENOENT (no such node), -EINVAL (size differs),
-     * -EOPNOTSUPP (not safe to read while the image is inactive).
+     * in err: -ENOENT (no such node), -EINVAL (smaller here than the
+     * source's size), -EOPNOTSUPP (not safe to read while the image is
+     * inactive).  *track gets the node's tracking handle (as disk_add
+     * returns it), so that pages filled from it enter this side's map, or
+     * a negative errno when the node is not tracked.
      */
-    int (*disk_attach)(const char *filename, uint64_t size, char *err,
-                       size_t errlen);
+    int (*disk_attach)(const char *filename, uint64_t size, int *track,
+                       char *err, size_t errlen);
 
     /* Wakes QEMU's main loop (a fill it waits for has finished). */
     void (*kick)(void);
 
     /*
-     * Destination: the fetch has caught up with the references received so
-     * far (the library repeats this every 100 ms while it holds).  QEMU
-     * approves the switchover (capability switchover-ack) once the source's
-     * first pass is over too.  Callable from any thread.
+     * Destination, only when the setup carried NASMIG_SETUP_FLAG_HOLD: the
+     * fetch has caught up with the references received so far (the library
+     * repeats this every 100 ms while it holds).  QEMU sends
+     * NASMIG_RP_APPROVE once the source's first pass is over too.
+     * Callable from any thread.
      */
     void (*approve_switchover)(void);
 
@@ -134,7 +169,11 @@ struct nasmig_page_read {
     const void *host;     /* host address of the page */
 };
 
-/* Statistics, both sides.  Monotonic within one migration. */
+/*
+ * Statistics, both sides.  Each counter describes the current (or last)
+ * migration: source_setup and dest_setup zero them; mapped_pages is a
+ * gauge of the map and is never zeroed.
+ */
 struct nasmig_stats {
     uint64_t mapped_pages;    /* guest pages the map covers now (source) */
     uint64_t ref_pages;       /* pages sent as references (source) */
@@ -196,10 +235,12 @@ struct nasmig_lib {
     /* --- migration source --- */
 
     /*
-     * Migration setup: writes the setup section (disk table, hash key) into
-     * buf (at most *len bytes, NASMIG_SETUP_MAX_BYTES) and sets *len.
+     * Migration setup (mode is NASMIG_MODE_LIVE or NASMIG_MODE_SAVE): draws
+     * a fresh key for this migration's hashes, zeroes the counters, writes
+     * the setup section (flags, disk table, key) into buf (at most *len
+     * bytes, NASMIG_SETUP_MAX_BYTES) and sets *len.
      */
-    int (*source_setup)(uint8_t *buf, uint32_t *len);
+    int (*source_setup)(uint32_t mode, uint8_t *buf, uint32_t *len);
 
     /*
      * Called before every dirty-bitmap sync: applies queued invalidations,
@@ -220,7 +261,11 @@ struct nasmig_lib {
 
     /* --- migration destination --- */
 
-    /* Reads the source's setup section; attaches the disks. */
+    /*
+     * Reads the source's setup section; attaches the disks; zeroes the
+     * counters.  The key it carries verifies this migration only; this
+     * side's own tracking key is never replaced.
+     */
     int (*dest_setup)(const uint8_t *buf, uint32_t len);
 
     /*
@@ -276,7 +321,10 @@ struct nasmig_lib {
      */
     int (*errmsg)(char *buf, size_t len);
 
-    /* 1 when the plugin asks QEMU to enable x-disk-refs and return-path. */
+    /*
+     * 1 when every migration that can use references should (auto=on);
+     * 0 when only migrations with capability x-disk-refs do.
+     */
     int (*auto_enable)(void);
 
     /* QEMU is exiting. */

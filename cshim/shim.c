@@ -669,6 +669,12 @@ int nasmig_lib_ref_query(uint32_t ramblock, uint64_t ram_offset,
     if (fwd2 != fwd) {
         return 0;
     }
+    /*
+     * The reference carries this migration's hash, never the tracking
+     * key's: the destination learns only a key that dies with the
+     * migration.
+     */
+    nasmig_hash_page(&nasmig_g.mig_key, host, h);
     wire[0] = NASMIG_REF_WIRE_VERSION;
     wire[1] = (uint8_t)((fwd >> NASMIG_FWD_DISK_SHIFT) & NASMIG_FWD_DISK_MASK);
     put_be64(wire + 2, (fwd & NASMIG_FWD_BLOCK_MASK) << NASMIG_PAGE_SHIFT);
@@ -712,13 +718,57 @@ static uint32_t *dest_states(uint32_t ramblock)
 
 static uint64_t dest_disk_size[NASMIG_MAX_DISKS];
 
-/* Go records the size of each source disk from the setup section. */
-void nasmig_dest_set_disk(int src_index, int handle, uint64_t size)
+/*
+ * Go records the size of each source disk from the setup section, the
+ * destination's handle to read it, and this side's tracking handle for it.
+ */
+void nasmig_dest_set_disk(int src_index, int handle, uint64_t size, int track)
 {
     if (src_index >= 0 && src_index < NASMIG_MAX_DISKS) {
         dest_disk_size[src_index] = size;
+        STORE_REL(&nasmig_g.dest_track_map[src_index], track);
         STORE_REL(&nasmig_g.dest_disk_map[src_index], handle);
     }
+}
+
+/* Zeroes the per-migration counters; mapped_pages is a gauge of the map. */
+void nasmig_stats_reset(void)
+{
+    uint64_t *w = (uint64_t *)&nasmig_g.stats;
+    size_t i, keep = offsetof(struct nasmig_stats, mapped_pages) / 8;
+
+    for (i = 0; i < sizeof(nasmig_g.stats) / 8; i++) {
+        if (i != keep) {
+            __atomic_store_n(&w[i], 0, __ATOMIC_RELAXED);
+        }
+    }
+}
+
+/*
+ * A page just filled from a verified block is exactly that block: it
+ * enters this side's map, so the next migration of the guest sends it as a
+ * reference again.  A full ring only loses the mapping.
+ */
+static void dest_map_filled(const struct nasmig_fetch_req *r, const void *page)
+{
+    int track = LOAD_ACQ(&nasmig_g.dest_track_map[r->src_disk]);
+    struct nasmig_rec *rec;
+    uint64_t h[2], pos;
+
+    if (track < 0 || !nasmig_g.enabled ||
+        ring_reserve(&track_ring, 1, &pos) < 0) {
+        return;
+    }
+    nasmig_hash_page(&nasmig_g.key, page, h);
+    rec = ring_elem(&track_ring, pos);
+    rec->type = NASMIG_REC_MAP;
+    rec->disk = (uint8_t)track;
+    rec->reserved = 0;
+    rec->ramblock = r->ramblock;
+    rec->page = r->page;
+    rec->block = r->block;
+    rec->hash = h[0];
+    ring_publish(&track_ring, pos);
 }
 
 int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
@@ -882,7 +932,7 @@ void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
         uint64_t h[2];
         uint32_t old;
 
-        nasmig_hash_page(&nasmig_g.key, bufs[i], h);
+        nasmig_hash_page(&nasmig_g.mig_key, bufs[i], h);
         if (h[0] != r->hash[0] || h[1] != r->hash[1]) {
             results[i] = NASMIG_MISMATCH;
             continue;
@@ -899,6 +949,7 @@ void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
                                             0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
                 memcpy(r->host, bufs[i], NASMIG_PAGE_SIZE);
+                dest_map_filled(r, bufs[i]);
                 STORE_REL(&st[r->page], (r->gen << 2) | NASMIG_FILL_IDLE);
                 SUB(&nasmig_g.stats.pending_pages, 1);
                 STAT_ADD(fetched_pages, 1);
@@ -1002,14 +1053,15 @@ int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
     return host_ops->read_disk(disk, off, buf, len, cookie);
 }
 
-int nasmig_call_disk_attach(const char *filename, uint64_t size, char *err,
-                            size_t errlen)
+int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,
+                            char *err, size_t errlen)
 {
+    *track = -1;
     if (!host_ops || !host_ops->disk_attach) {
         snprintf(err, errlen, "the host offers no disk_attach");
         return -ENOSYS;
     }
-    return host_ops->disk_attach(filename, size, err, errlen);
+    return host_ops->disk_attach(filename, size, track, err, errlen);
 }
 
 void nasmig_call_kick(void)
@@ -1041,6 +1093,7 @@ int nasmig_shim_init(unsigned ring_slots)
 
     for (i = 0; i < NASMIG_MAX_DISKS; i++) {
         nasmig_g.dest_disk_map[i] = -1;
+        nasmig_g.dest_track_map[i] = -1;
     }
     nasmig_g.wake_fd = -1;
     ret = ring_init(&track_ring, ring_slots, sizeof(struct nasmig_rec));
@@ -1060,6 +1113,7 @@ void nasmig_dest_reset(void)
 
     for (i = 0; i < NASMIG_MAX_DISKS; i++) {
         nasmig_g.dest_disk_map[i] = -1;
+        nasmig_g.dest_track_map[i] = -1;
     }
     nasmig_g.finish_req = 0;
     nasmig_g.finish_state = 0;

@@ -113,7 +113,13 @@ enum nasmig_fill_result {
 
 /* Global state shared by C and Go. */
 struct nasmig_shared {
+    /* Tracking key: hashes the map's filters; never leaves the process. */
     struct nasmig_hash_key key;
+    /*
+     * Migration key: hashes the references of one migration (source: fresh
+     * per migration; destination: the source's, from the setup section).
+     */
+    struct nasmig_hash_key mig_key;
     int auto_enable;
     int enabled;
     int nrb;
@@ -126,6 +132,8 @@ struct nasmig_shared {
     /* destination */
     int dest_on;
     int dest_disk_map[NASMIG_MAX_DISKS]; /* source index -> handle, -1 none */
+    /* source index -> this side's tracking handle, -1 none */
+    int dest_track_map[NASMIG_MAX_DISKS];
     int finish_req;     /* 1 barrier, 2 finish */
     int finish_state;   /* 0 working, 1 done ok, 2 done with error */
     int barrier_done;
@@ -149,7 +157,9 @@ void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
                         const uint8_t *const *bufs, uint8_t *results);
 int nasmig_fail_page(const struct nasmig_fetch_req *req);
 int nasmig_map_offers(uint32_t ramblock, uint64_t ram_offset);
-void nasmig_dest_set_disk(int src_index, int handle, uint64_t size);
+void nasmig_dest_set_disk(int src_index, int handle, uint64_t size,
+                          int track);
+void nasmig_stats_reset(void);
 void nasmig_abandon_page(const struct nasmig_fetch_req *req);
 void nasmig_dest_reset(void);
 void nasmig_set_err(const char *msg);
@@ -184,8 +194,8 @@ int nasmig_lib_auto_enable(void);
 void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len);
 int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
                           uint64_t cookie);
-int nasmig_call_disk_attach(const char *filename, uint64_t size, char *err,
-                            size_t errlen);
+int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,
+                            char *err, size_t errlen);
 void nasmig_call_kick(void);
 void nasmig_call_approve_switchover(void);
 void nasmig_call_log(int level, const char *msg);

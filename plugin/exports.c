@@ -16,7 +16,7 @@ qemu_plugin_install(uint64_t id, const void *info, int argc, char **argv)
 
 void nasmig_fill_go(struct nasmig_lib *lib)
 {
-    lib->source_setup = nasmigSourceSetup;
+    lib->source_setup = (int (*)(uint32_t, uint8_t *, uint32_t *))nasmigSourceSetup;
     lib->before_bitmap_sync = nasmigBeforeBitmapSync;
     lib->source_cleanup = nasmigSourceCleanup;
     lib->dest_setup = (int (*)(const uint8_t *, uint32_t))nasmigDestSetup;

@@ -131,10 +131,24 @@ func initLibrary(cfg config.Config, host, out unsafe.Pointer) error {
 }
 
 //export nasmigSourceSetup
-func nasmigSourceSetup(buf *C.uint8_t, length *C.uint32_t) C.int {
+func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.int {
 	lib.mu.Lock()
 	defer lib.mu.Unlock()
-	s := &wire.Setup{Migration: uuid.New(), KeySeed: lib.keySeed}
+	s := &wire.Setup{Migration: uuid.New()}
+	switch mode {
+	case cshim.ModeLive:
+		s.Flags = cshim.SetupFlagHold
+	case cshim.ModeSave:
+	default:
+		cshim.SetErr(fmt.Sprintf("source_setup: unknown mode %d", mode))
+		return -C.EINVAL
+	}
+	// A fresh key for this migration's references: the destination (or a
+	// save file) learns it, never the tracking key of this process.
+	if _, err := rand.Read(s.KeySeed[:]); err != nil {
+		cshim.SetErr(fmt.Sprintf("migration key: %v", err))
+		return -C.EIO
+	}
 	for i := 0; i < cshim.DiskCount(); i++ {
 		d := cshim.Disk(i)
 		if d.Excluded {
@@ -150,11 +164,13 @@ func nasmigSourceSetup(buf *C.uint8_t, length *C.uint32_t) C.int {
 		cshim.SetErr(err.Error())
 		return -C.EINVAL
 	}
+	cshim.SetMigKey(cshim.ExpandKey(s.KeySeed))
+	cshim.StatsReset()
 	C.memcpy(unsafe.Pointer(buf), unsafe.Pointer(&b[0]), C.size_t(len(b)))
 	*length = C.uint32_t(len(b))
 	lib.m.SetMigrating(true)
 	lib.m.Sync()
-	lib.log.Info().Str("migration", s.Migration.String()).Int("disks", len(s.Disks)).Int64("mapped_pages", lib.m.Mapped()).Msg("outgoing migration with disk references")
+	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", s.Flags&cshim.SetupFlagHold != 0).Int("disks", len(s.Disks)).Int64("mapped_pages", lib.m.Mapped()).Msg("outgoing migration with disk references")
 	return 0
 }
 
@@ -184,28 +200,30 @@ func nasmigDestSetup(buf *C.uint8_t, length C.uint32_t) C.int {
 		lib.fetcher = nil
 	}
 	cshim.DestReset()
-	cshim.SetKey(cshim.ExpandKey(s.KeySeed))
+	cshim.StatsReset()
+	// Verify with this migration's key; this side's tracking key stays its own.
+	cshim.SetMigKey(cshim.ExpandKey(s.KeySeed))
 	for _, d := range s.Disks {
-		h, err := cshim.AttachDisk(d.Filename, d.Size)
+		h, track, err := cshim.AttachDisk(d.Filename, d.Size)
 		if err != nil {
 			cshim.SetErr(fmt.Sprintf("shared disk %d (%s) is not usable here: %v", d.Index, d.Filename, err))
 			return -C.ENODEV
 		}
-		cshim.SetDestDisk(int(d.Index), h, d.Size)
+		cshim.SetDestDisk(int(d.Index), h, d.Size, track)
 	}
 	lib.setup = s
 	names := map[uint32]string{}
 	for _, d := range s.Disks {
 		names[uint32(d.Index)] = d.Filename
 	}
-	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] })
+	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] }, s.Flags&cshim.SetupFlagHold != 0)
 	if err != nil {
 		cshim.SetErr(err.Error())
 		return -C.EIO
 	}
 	lib.fetcher = f
 	cshim.SetDestOn(true)
-	lib.log.Info().Str("migration", s.Migration.String()).Int("disks", len(s.Disks)).Msg("incoming migration with disk references")
+	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", s.Flags&cshim.SetupFlagHold != 0).Int("disks", len(s.Disks)).Msg("incoming migration with disk references")
 	return 0
 }
 

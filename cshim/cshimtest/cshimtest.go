@@ -33,13 +33,18 @@ func FillRandom(r *rand.Rand, b []byte) {
 }
 
 // Setup prepares the process-global C state once per test binary: the
-// rings, the hash key expanded from seed, and tracking switched on (auto
-// enable off).  It exits the process if the rings cannot be set up.
+// rings, the tracking key expanded from seed, a different migration key
+// (as in a real migration, where it is drawn afresh), and tracking
+// switched on (auto enable off).  It exits the process if the rings cannot
+// be set up.
 func Setup(ringSlots uint32, seed [32]byte) {
 	if err := cshim.Init(ringSlots); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	cshim.SetKey(cshim.ExpandKey(seed))
+	mig := seed
+	mig[0] ^= 0xff
+	cshim.SetMigKey(cshim.ExpandKey(mig))
 	cshim.SetFlags(true, false)
 }

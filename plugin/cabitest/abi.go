@@ -245,7 +245,7 @@ static void *cabi_io_thread(void *arg)
                 continue;
             }
             t->refs++;
-            nasmig_hash_page(&nasmig_g.key, host, h);
+            nasmig_hash_page(&nasmig_g.mig_key, host, h);
             if (wire[0] != NASMIG_REF_WIRE_VERSION || wire[1] != t->disk ||
                 get_be64(wire + 2) != b * NASMIG_PAGE_SIZE ||
                 get_be64(wire + 10) != h[0] || get_be64(wire + 18) != h[1]) {

@@ -211,10 +211,27 @@ int main(int argc, char **argv)
     CHECK(lib.auto_enable() == 0, "auto_enable with auto=off");
     setup = malloc(NASMIG_SETUP_MAX_BYTES);
     len = NASMIG_SETUP_MAX_BYTES;
-    r = lib.source_setup(setup, &len);
-    CHECK(r == 0 && len > 4 && !memcmp(setup, "NSMG", 4), "source_setup: %d len %u", r, len);
+    r = lib.source_setup(NASMIG_MODE_LIVE, setup, &len);
+    CHECK(r == 0 && len > 56 && !memcmp(setup, "NSMG", 4), "source_setup: %d len %u", r, len);
+    /* Offsets: magic 4, version 2, flags 2, migration UUID 16, key seed 32. */
+    CHECK(setup[6] == 0 && setup[7] == NASMIG_SETUP_FLAG_HOLD, "live setup flags %02x%02x", setup[6], setup[7]);
     lib.before_bitmap_sync();
     lib.source_cleanup(0);
+    {
+        /* A save: no hold; and every migration draws a fresh key. */
+        uint8_t *again = malloc(NASMIG_SETUP_MAX_BYTES);
+        uint32_t len2 = NASMIG_SETUP_MAX_BYTES;
+
+        r = lib.source_setup(NASMIG_MODE_SAVE, again, &len2);
+        CHECK(r == 0 && len2 == len, "save source_setup: %d len %u", r, len2);
+        CHECK(again[6] == 0 && again[7] == 0, "save setup flags %02x%02x", again[6], again[7]);
+        CHECK(memcmp(setup + 24, again + 24, 32) != 0, "two migrations sent the same key seed");
+        lib.source_cleanup(0);
+        len2 = NASMIG_SETUP_MAX_BYTES;
+        r = lib.source_setup(7, again, &len2);
+        CHECK(r == -EINVAL, "unknown mode accepted: %d", r);
+        free(again);
+    }
     lib.shutdown();
     printf("OK\n");
     return 0;

@@ -68,6 +68,9 @@ type Fetcher struct {
 	// remains to fetch at switchover (downtime) is small.
 	lastRef      time.Time
 	lastCaughtUp time.Time
+	// hold: the source waits for the approval (a live migration with a
+	// return path); without it nothing is approved.
+	hold bool
 }
 
 const (
@@ -77,13 +80,13 @@ const (
 )
 
 // Start launches the worker; it sleeps on an eventfd that C writes to.
-func Start(log zerolog.Logger, diskName DiskName) (*Fetcher, error) {
+func Start(log zerolog.Logger, diskName DiskName, hold bool) (*Fetcher, error) {
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("fetch: eventfd: %w", err)
 	}
 	f := &Fetcher{log: log, diskName: diskName, wakeFD: fd, stop: make(chan struct{}), done: make(chan struct{}),
-		inflight: map[uint64]*batch{}}
+		inflight: map[uint64]*batch{}, hold: hold}
 	cshim.SetWakeFD(fd)
 	go f.run()
 	return f, nil
@@ -147,7 +150,7 @@ func (f *Fetcher) run() {
 // one, or none at all for noRefsApproval (a guest with nothing mapped).
 // QEMU approves the switchover once.
 func (f *Fetcher) maybeApprove(started time.Time) {
-	if len(f.queued) > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval {
+	if !f.hold || len(f.queued) > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval {
 		return
 	}
 	if f.lastRef.IsZero() {

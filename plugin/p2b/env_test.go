@@ -200,7 +200,10 @@ func (e *env) query(p int) (wire.Ref, bool) {
 	if int(ref.Disk) != e.disk {
 		e.t.Fatalf("page %d: reference to disk %d, want %d", p, ref.Disk, e.disk)
 	}
-	if h := cshim.HashPage(e.page(p)); ref.Hash != h {
+	if h := cshim.HashPage(e.page(p)); ref.Hash == h {
+		e.t.Fatalf("page %d: the reference carries the tracking key's hash %x, which must never leave the process", p, h)
+	}
+	if h := cshim.HashPageMig(e.page(p)); ref.Hash != h {
 		e.t.Fatalf("page %d: reference hash %x, page hash %x", p, ref.Hash, h)
 	}
 	return ref, true
@@ -216,7 +219,7 @@ func (e *env) wantRef(p, b int) {
 	if ref.Offset != uint64(b)<<cshim.PageShift {
 		e.t.Fatalf("page %d: reference to block %d, want %d", p, ref.Offset>>cshim.PageShift, b)
 	}
-	if h := cshim.HashPage(e.block(b)); ref.Hash != h {
+	if h := cshim.HashPageMig(e.block(b)); ref.Hash != h {
 		e.t.Fatalf("page %d: block %d hashes to %x, reference says %x", p, b, h, ref.Hash)
 	}
 }

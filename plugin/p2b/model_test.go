@@ -393,7 +393,7 @@ func (md *model) query(r *rand.Rand) {
 		return
 	}
 	b := int(ref.Offset >> cshim.PageShift)
-	if h := cshim.HashPage(e.page(p)); h != ref.Hash {
+	if h := cshim.HashPageMig(e.page(p)); h != ref.Hash {
 		md.violation(p, b, ps.h.String(), "", "page %d: reference hash %x, but the page hashes to %x", p, ref.Hash, h)
 		return
 	}
@@ -401,7 +401,7 @@ func (md *model) query(r *rand.Rand) {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
 	seq := md.next()
-	stale := cshim.HashPage(e.block(b)) != ref.Hash
+	stale := cshim.HashPageMig(e.block(b)) != ref.Hash
 	if stale {
 		// Allowed only while the write's invalidation is on its way: the
 		// block changed after the read that put this content in the page.
@@ -445,7 +445,7 @@ func (md *model) checkQuiescent() {
 			continue
 		}
 		b := ps.ref.block
-		if cshim.HashPage(e.block(b)) != ps.ref.hash {
+		if cshim.HashPageMig(e.block(b)) != ps.ref.hash {
 			md.violation(p, b, ps.h.String(), md.blocks[b].h.String(),
 				"page %d went out as a reference to block %d (#%d); the block changed since and the page was never marked for resending",
 				p, b, ps.ref.seq)

@@ -6,11 +6,16 @@
 // Setup section ("nasmig" savevm section, version cshim.SectionVersion),
 // big-endian:
 //
-//	+------+---------+-------+-----------------+----------+-------+----------------+
-//	| NSMG | u16 ver | u16 0 | 16 B migration  | 32 B key | u16 n | n disk entries |
-//	|      |         |       | UUID            | seed     |       |                |
-//	+------+---------+-------+-----------------+----------+-------+----------------+
+//	+------+---------+-----------+-----------------+----------+-------+----------------+
+//	| NSMG | u16 ver | u16 flags | 16 B migration  | 32 B key | u16 n | n disk entries |
+//	|      |         |           | UUID            | seed     |       |                |
+//	+------+---------+-----------+-----------------+----------+-------+----------------+
 //	disk entry: u8 index | u64 size | u16 len | filename | u16 len | node name
+//
+// flags: cshim.SetupFlagHold (the source holds the switchover for the
+// destination's approval); any other bit is refused.  The key seed is
+// drawn for this one migration: it verifies this stream's references and
+// nothing else (the tracking key of either side never leaves its process).
 //
 // Disk reference (after QEMU's page header with flag cshim.RAMSaveFlagRef):
 //
@@ -45,6 +50,7 @@ var (
 	ErrTooLarge   = errors.New("nasmig record too large")
 	ErrBadDisk    = errors.New("bad disk entry")
 	ErrRefVersion = errors.New("unsupported disk reference version")
+	ErrFlags      = errors.New("unsupported nasmig setup flags")
 )
 
 // Disk identifies one shared disk both sides can check.
@@ -55,8 +61,12 @@ type Disk struct {
 	NodeName string
 }
 
+// KnownFlags are the setup flags this build understands.
+const KnownFlags = cshim.SetupFlagHold
+
 // Setup is the content of the setup section.
 type Setup struct {
+	Flags     uint16
 	Migration uuid.UUID
 	KeySeed   [32]byte
 	Disks     []Disk
@@ -70,7 +80,10 @@ func EncodeSetup(s *Setup) ([]byte, error) {
 	b := make([]byte, 0, 64+len(s.Disks)*64)
 	b = append(b, Magic...)
 	b = binary.BigEndian.AppendUint16(b, SetupVersion)
-	b = binary.BigEndian.AppendUint16(b, 0)
+	if s.Flags&^KnownFlags != 0 {
+		return nil, fmt.Errorf("%w: unknown flags %#x", ErrFlags, s.Flags&^KnownFlags)
+	}
+	b = binary.BigEndian.AppendUint16(b, s.Flags)
 	b = append(b, s.Migration[:]...)
 	b = append(b, s.KeySeed[:]...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(s.Disks)))
@@ -135,8 +148,10 @@ func DecodeSetup(b []byte) (*Setup, error) {
 	if v := r.u16(); r.err == nil && v != SetupVersion {
 		return nil, fmt.Errorf("%w %d (this build reads %d)", ErrVersion, v, SetupVersion)
 	}
-	r.u16()
-	s := &Setup{}
+	s := &Setup{Flags: r.u16()}
+	if r.err == nil && s.Flags&^KnownFlags != 0 {
+		return nil, fmt.Errorf("%w: unknown flags %#x (this build knows %#x)", ErrFlags, s.Flags&^KnownFlags, KnownFlags)
+	}
 	copy(s.Migration[:], r.take(16))
 	copy(s.KeySeed[:], r.take(32))
 	n := int(r.u16())

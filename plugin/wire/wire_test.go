@@ -70,12 +70,12 @@ func TestSetupRoundTrip(t *testing.T) {
 }
 
 func TestSetupLayout(t *testing.T) {
-	s := &Setup{Migration: uuid.UUID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}
+	s := &Setup{Flags: cshim.SetupFlagHold, Migration: uuid.UUID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}
 	s.KeySeed[0], s.KeySeed[31] = 0xaa, 0xbb
 	s.Disks = []Disk{{Index: 5, Size: 0x0102030405060708, Filename: "ab", NodeName: "c"}}
 	b := mustEncode(t, s)
 	want := []byte("NSMG")
-	want = append(want, 0, byte(SetupVersion), 0, 0)
+	want = append(want, 0, byte(SetupVersion), 0, cshim.SetupFlagHold)
 	want = append(want, s.Migration[:]...)
 	want = append(want, s.KeySeed[:]...)
 	want = append(want, 0, 1)                      // one disk
@@ -83,6 +83,27 @@ func TestSetupLayout(t *testing.T) {
 	want = append(want, 0, 2, 'a', 'b', 0, 1, 'c') // filename, node name
 	if !bytes.Equal(b, want) {
 		t.Fatalf("layout\n got % x\nwant % x", b, want)
+	}
+}
+
+func TestSetupFlags(t *testing.T) {
+	for _, flags := range []uint16{0, cshim.SetupFlagHold} {
+		s := sampleSetup()
+		s.Flags = flags
+		got, err := DecodeSetup(mustEncode(t, s))
+		if err != nil || got.Flags != flags {
+			t.Fatalf("flags %#x: decoded %+v, %v", flags, got, err)
+		}
+	}
+	s := sampleSetup()
+	s.Flags = 0x8000
+	if _, err := EncodeSetup(s); !errors.Is(err, ErrFlags) {
+		t.Fatalf("encoding unknown flags: %v, want ErrFlags", err)
+	}
+	b := mustEncode(t, sampleSetup())
+	b[7] |= 0x80 // a flag this build does not know changes meaning: refuse
+	if _, err := DecodeSetup(b); !errors.Is(err, ErrFlags) {
+		t.Fatalf("decoding unknown flags: %v, want ErrFlags", err)
 	}
 }
 
