@@ -55,7 +55,7 @@ as_root() {
 
 PKGS="ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev flex bison pkg-config zlib1g-dev
 libzstd-dev python3-venv seabios dpkg-dev e2fsprogs iproute2 xz-utils zstd cpio bc gcc make
-binutils"
+binutils libgnutls28-dev openssl ovmf"
 BACKPORT_PKGS="meson python3-pycotap"
 
 ensure_packages() {
@@ -101,7 +101,7 @@ EOF
 
 # ---------------------------------------------------------------- QEMU
 CONFIGURE_ARGS="--python=/usr/bin/python3 --target-list=x86_64-softmmu --without-default-features
---enable-kvm --enable-tcg --enable-plugins --enable-zstd --enable-tools --disable-docs
+--enable-kvm --enable-tcg --enable-plugins --enable-zstd --enable-gnutls --enable-tools --disable-docs
 --disable-werror --disable-download --disable-install-blobs --firmwarepath=$FIRMWARE:/usr/share/seabios"
 QEMU_TARGETS="qemu-system-x86_64 qemu-img qemu-nbd storage-daemon/qemu-storage-daemon"
 

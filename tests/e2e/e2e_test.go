@@ -30,7 +30,7 @@ type pluginMode int
 
 const (
 	noPlugin  pluginMode = iota // no -plugin: stock QEMU behaviour
-	nasmigOn                    // -plugin libnasmig.so,log=info (auto=on: x-disk-refs and return-path on)
+	nasmigOn                    // -plugin libnasmig.so,log=info (auto=on: every migration that can use references does)
 	nasmigOff                   // -plugin libnasmig.so,enable=off: must change nothing
 )
 
@@ -72,6 +72,13 @@ type e2eCase struct {
 	// dstOwnDisk gives the destination a disk of its own (another NBD
 	// server on a copy of the image): not the source's shared disk.
 	dstOwnDisk bool
+	// fileDisk: both QEMUs open the image file itself (cache.direct=on),
+	// a shared file system's layout, instead of an NBD export.
+	fileDisk bool
+	// overlay (with fileDisk): the guest's disk is a qcow2 overlay on the
+	// raw image as its backing file (the OpenStack / Proxmox layout); new
+	// clusters grow the overlay file while the guest writes.
+	overlay bool
 }
 
 // outcome is what a completed migration's query-migrate said, on both sides.
@@ -252,6 +259,50 @@ func cases() []e2eCase {
 			opts: harness.MigrateOpts{Timeout: 2 * time.Minute},
 			flow: destinationLacksDiskFlow,
 		}),
+		nasmigBothSides(e2eCase{
+			name: "13-save-restore-file", workload: "pagecache-read", flow: saveRestoreFlow,
+			check: requireRefsAndFetched,
+		}),
+		{
+			name: "14-save-restore-file-stock", workload: "pagecache-read", flow: saveRestoreFlow,
+		},
+		nasmigBothSides(e2eCase{
+			// Internal snapshots store the VM state inside the qcow2 file,
+			// which must grow: a file, not a fixed-size NBD export.
+			name: "15-snapshots-qcow2", workload: "pagecache-read", format: harness.FormatQcow2, fileDisk: true,
+			flow: snapshotsFlow,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "16-postcopy", workload: "pagecache-read", flow: postcopyFlow,
+			opts: harness.MigrateOpts{
+				Caps:   map[string]bool{"postcopy-ram": true},
+				Params: map[string]any{"max-bandwidth": 60_000_000},
+			},
+		}),
+		nasmigBothSides(e2eCase{
+			name: "17-exec-no-return-path", workload: "pagecache-read", flow: execFlow,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "18-cancel-then-retry", workload: "pagecache-read", flow: retryFlow(false),
+			opts: harness.MigrateOpts{Params: map[string]any{"max-bandwidth": 20_000_000}},
+		}),
+		nasmigBothSides(e2eCase{
+			name: "19-destination-killed-then-retry", workload: "pagecache-read", flow: retryFlow(true),
+			opts: harness.MigrateOpts{Params: map[string]any{"max-bandwidth": 20_000_000}},
+		}),
+		nasmigBothSides(e2eCase{
+			name: "20-three-hop-chain", workload: "pagecache-read", flow: chainFlow,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "22-tls", workload: "pagecache-read", flow: tlsFlow,
+		}),
+		nasmigBothSides(e2eCase{
+			// The guest keeps writing (new clusters grow the overlay file)
+			// before and during the migration.
+			name: "21-qcow2-overlay-on-shared-files", workload: "mixed", settle: 3, fileDisk: true, overlay: true,
+			opts:  harness.MigrateOpts{Params: map[string]any{"max-bandwidth": 60_000_000}},
+			check: requireRefs,
+		}),
 	}
 }
 
@@ -269,6 +320,9 @@ func destinationLacksDiskFlow(t *testing.T, ctx context.Context, p *pair) {
 		if strings.Contains(line, "not usable here") {
 			reasons = append(reasons, line)
 		}
+	}
+	if result != nil && !strings.Contains(result.Source.ErrorDesc, "not usable here") {
+		t.Errorf("the source's error-desc does not carry the destination's reason: %q", result.Source.ErrorDesc)
 	}
 	if len(reasons) == 0 {
 		t.Errorf("the destination's log does not say which shared disk it lacks:\n%s", p.dst.LogTail(20))
@@ -371,6 +425,7 @@ type pair struct {
 	storage *harness.StorageDaemon
 	src     *harness.VM
 	dst     *harness.VM
+	dstCfg  harness.VMConfig // how dst was started, for further destinations
 	ready   harness.SerialLine
 	fig     *figures
 }
@@ -394,17 +449,32 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	if p.image, err = p.run.CopyImage(ctx, env.DataImage(c.format), "data."+c.format); err != nil {
 		t.Fatal(err)
 	}
-	// The file node is exported: for qcow2 the QEMUs run the qcow2 driver
-	// over NBD, and references name offsets in the qcow2 file.
-	p.storage, err = p.run.StartStorage(ctx, harness.StorageConfig{
-		Binary: env.StorageDaemonBinary(), Image: p.image, Format: c.format, CacheDirect: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	srcCfg := env.VMConfig("src", accel, guestMemMiB, harness.GuestCmdline(c.workload, guestMiB, true))
-	srcCfg.Disk = p.storage.Disk(c.bus)
+	switch {
+	case c.fileDisk:
+		disk := &harness.DiskConfig{URI: p.image, Format: c.format, Bus: c.bus, CacheDirect: true}
+		if c.overlay {
+			overlay := p.run.Path("overlay.qcow2")
+			out, err := exec.CommandContext(ctx, env.QEMUImgBinary(), "create", "-q", "-f", "qcow2",
+				"-b", p.image, "-F", c.format, overlay).CombinedOutput()
+			if err != nil {
+				t.Fatalf("qemu-img create overlay: %v: %s", err, out)
+			}
+			p.run.Scratch(overlay)
+			disk.URI, disk.Format = overlay, harness.FormatQcow2
+		}
+		srcCfg.Disk = disk
+	default:
+		// The file node is exported: for qcow2 the QEMUs run the qcow2
+		// driver over NBD, and references name offsets in the qcow2 file.
+		p.storage, err = p.run.StartStorage(ctx, harness.StorageConfig{
+			Binary: env.StorageDaemonBinary(), Image: p.image, Format: c.format, CacheDirect: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srcCfg.Disk = p.storage.Disk(c.bus)
+	}
 	c.src.apply(&srcCfg, env)
 	if p.src, err = p.run.StartVM(ctx, srcCfg); err != nil {
 		t.Fatal(err)
@@ -455,6 +525,7 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 		dstCfg.Disk = otherStorage.Disk(c.bus)
 	}
 	c.dst.apply(&dstCfg, env)
+	p.dstCfg = dstCfg
 	if p.dst, err = p.run.StartVM(ctx, dstCfg); err != nil {
 		t.Fatal(err)
 	}

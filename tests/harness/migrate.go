@@ -22,6 +22,9 @@ type MigrateOpts struct {
 	// URI is the migration channel; default a unix socket next to the
 	// destination's sockets.
 	URI string
+	// DestURI, when set, is the destination's side of the channel (for
+	// exec: pairs, where each side runs its own command); default URI.
+	DestURI string
 	// Timeout bounds the whole migration (default 10 minutes); ctx may end
 	// it earlier.
 	Timeout time.Duration
@@ -128,7 +131,11 @@ func Migrate(ctx context.Context, src, dst *VM, opts MigrateOpts) (*MigrationRes
 	}
 	// exit-on-error=false keeps a destination that fails to load alive, so
 	// the harness can still read its query-migrate error and logs.
-	if _, err := dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri, "exit-on-error": false}); err != nil {
+	destURI := opts.DestURI
+	if destURI == "" {
+		destURI = uri
+	}
+	if _, err := dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": destURI, "exit-on-error": false}); err != nil {
 		return nil, fmt.Errorf("vm %s: %w", dst.Config.Name, err)
 	}
 	if _, err := src.QMP.Execute(ctx, "migrate", map[string]any{"uri": uri}); err != nil {
@@ -150,6 +157,21 @@ func Migrate(ctx context.Context, src, dst *VM, opts MigrateOpts) (*MigrationRes
 			result.Source.Status, result.Source.ErrorDesc, result.Destination.Status, result.Destination.ErrorDesc)
 	}
 	return result, nil
+}
+
+// Configure sets the capabilities and parameters of opts on vm (as Migrate
+// does on both sides), for flows that drive a migration step by step.
+func Configure(ctx context.Context, vm *VM, opts MigrateOpts) error {
+	return configureMigration(ctx, vm, opts)
+}
+
+// WaitMigration polls vm's query-migrate every interval (default 100 ms)
+// until its migration status is terminal, and returns the last answer.
+func WaitMigration(ctx context.Context, vm *VM, interval time.Duration) (MigrationInfo, error) {
+	if interval <= 0 {
+		interval = 100 * time.Millisecond
+	}
+	return pollMigration(ctx, vm, interval)
 }
 
 // configureMigration sets capabilities and parameters on one side.
