@@ -36,7 +36,11 @@ commands:
   build   (default) install missing packages, build the patched QEMU $NASMIG_QEMU_UPSTREAM,
           libnasmig.so and the tools into $OUT
   test    build, then run all tests: Go unit, race, fuzz seeds, C ABI, end-to-end
-          migrations of a real guest (the README's test command)
+          migrations of a real guest, QEMU's own migration-test (default set) with
+          and without libnasmig.so (the README's test command)
+  test-full
+          test, then QEMU's migration-test --full with libnasmig.so loaded (about
+          20-30 minutes more under TCG)
   demo    build, then migrate a guest with and without nasmig and print a comparison
   bench   build, then run the benchmarks (figures printed, nothing asserted on time)
   help    this text
@@ -238,6 +242,8 @@ test_env() {
 
 do_test() {
 	local t0 fail=0
+	LOGS=${NASMIG_LOGS:-$CACHE/test-logs}
+	mkdir -p "$LOGS"
 	t0=$(date +%s)
 	do_build
 	build_guest
@@ -254,7 +260,56 @@ do_test() {
 	step "end-to-end migrations of a real guest"
 	go test -count=1 -v -timeout 70m ./tests/e2e/... || fail=1
 	done_step
+	step "QEMU's own migration-test, default set: as built, then with libnasmig.so"
+	qemu_suite || fail=1
+	done_step
+	if [ "${1:-}" = full ]; then
+		step "QEMU's own migration-test --full with libnasmig.so"
+		qemu_suite --full || fail=1
+		done_step
+	fi
 	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "ALL TESTS PASSED" || echo "TESTS FAILED")" $(($(date +%s) - t0))
+	return $fail
+}
+
+# QEMU's own migration suite is the conformance floor: every case that
+# passes on the build as it is must pass with libnasmig.so loaded (defaults).
+suite_accel() {
+	if [ -n "${NASMIG_ACCEL:-}" ]; then
+		echo "$NASMIG_ACCEL"
+		return
+	fi
+	# One case with KVM allowed, as the suite would run it; on this kind of
+	# machine (nested PVM) KVM cannot run the guest and TCG is used.
+	if NASMIG_SUITE_QEMU="$QEMU_BUILD/qemu-system-x86_64" QTEST_QEMU_BINARY="$here/tests/qemu-suite/qemu-with-nasmig.sh" \
+		timeout 60 "$QEMU_BUILD/tests/qtest/migration-test" -p /x86_64/migration/precopy/unix/plain >/dev/null 2>&1; then
+		echo kvm
+	else
+		echo tcg
+	fi
+}
+
+qemu_suite() {
+	local set=${1:-} accel plugin label t0 fail=0
+	(cd "$QEMU_BUILD" && ninja tests/qtest/migration-test >/dev/null) || die "building QEMU's migration-test failed"
+	accel=$(suite_accel)
+	echo "    accelerator for QEMU's migration-test: $accel"
+	for plugin in "" "$OUT/libnasmig.so"; do
+		label="as built"
+		[ -n "$plugin" ] && label="with libnasmig.so (defaults)"
+		[ -n "$set" ] && [ -z "$plugin" ] && continue # --full: the plugin run only (the default set compares both)
+		t0=$(date +%s)
+		echo "    migration-test ${set:-default set}, $label:"
+		if NASMIG_SUITE_QEMU="$QEMU_BUILD/qemu-system-x86_64" NASMIG_SUITE_PLUGIN="$plugin" NASMIG_SUITE_ACCEL="$accel" \
+			QTEST_QEMU_BINARY="$here/tests/qemu-suite/qemu-with-nasmig.sh" QTEST_QEMU_IMG="$QEMU_BUILD/qemu-img" \
+			"$QEMU_BUILD/tests/qtest/migration-test" $set --tap -k >"$LOGS/migration-test${set}${plugin:+-nasmig}.tap" 2>&1; then
+			:
+		else
+			fail=1
+		fi
+		grep -E "^(ok|not ok)" "$LOGS/migration-test${set}${plugin:+-nasmig}.tap" | sed 's/^/      /'
+		printf '      (%d s; log %s)\n' $(($(date +%s) - t0)) "$LOGS/migration-test${set}${plugin:+-nasmig}.tap"
+	done
 	return $fail
 }
 
@@ -279,6 +334,7 @@ cmd=${1:-build}
 case "$cmd" in
 build) do_build ;;
 test) do_test ;;
+test-full) do_test full ;;
 demo) do_demo "$@" ;;
 bench) do_bench ;;
 help | -h | --help) usage ;;

@@ -32,6 +32,12 @@ const (
 	ModeOff          = C.NASMIG_MODE_OFF
 	ModeLive         = C.NASMIG_MODE_LIVE
 	ModeSave         = C.NASMIG_MODE_SAVE
+	RPApprove        = C.NASMIG_RP_APPROVE
+	RPError          = C.NASMIG_RP_ERROR
+	RPResend         = C.NASMIG_RP_RESEND
+	RPDiskOff        = C.NASMIG_RP_DISK_OFF
+	RPMaxBytes       = C.NASMIG_RP_MAX_BYTES
+	DestDiskRefused  = C.NASMIG_DEST_DISK_REFUSED
 	HashSize         = C.NASMIG_HASH_SIZE
 	SectionName      = C.NASMIG_SECTION_NAME
 	SectionVersion   = C.NASMIG_SECTION_VERSION
@@ -39,6 +45,9 @@ const (
 	MaxDisks         = C.NASMIG_MAX_DISKS
 	MaxRAMBlocks     = C.NASMIG_MAX_RAMBLOCKS
 	MaxPagesPerCall  = C.NASMIG_MAX_PAGES_PER_CALL
+	MaxFilename      = C.NASMIG_MAX_FILENAME
+	MaxNodeName      = C.NASMIG_MAX_NODE_NAME
+	MaxIDStr         = C.NASMIG_MAX_IDSTR
 	NHWords          = C.NASMIG_NH_WORDS
 	NHShift          = C.NASMIG_NH_SHIFT
 	RevChunkShift    = C.NASMIG_REV_CHUNK_SHIFT

@@ -121,6 +121,36 @@ func SetFinishState(s int32) {
 	atomic.StoreInt32((*int32)(unsafe.Pointer(&C.nasmig_g.finish_state)), s)
 }
 
+// SendToSource sends one return-path message (wire.EncodeResend and
+// friends) to the source.
+func SendToSource(msg []byte) error {
+	if len(msg) == 0 {
+		return fmt.Errorf("empty message to the source")
+	}
+	if rc := C.nasmig_call_send_to_source((*C.uint8_t)(unsafe.Pointer(&msg[0])), C.size_t(len(msg))); rc < 0 {
+		return fmt.Errorf("message to the source: errno %d", -rc)
+	}
+	return nil
+}
+
+// SetDiskOff marks a disk (source side) whose pages must not go out as
+// references in this migration: the destination cannot read it.
+func SetDiskOff(disk int, off bool) {
+	if disk >= 0 && disk < MaxDisks {
+		atomic.StoreInt32((*int32)(unsafe.Pointer(&C.nasmig_g.disk_off[disk])), int32(cbool(off)))
+	}
+}
+
+// RAMBlockByName returns the handle of the RAM block with QEMU idstr name.
+func RAMBlockByName(name string) (uint32, bool) {
+	for i := 0; i < RAMBlockCount(); i++ {
+		if RAMBlockName(i) == name {
+			return uint32(i), true
+		}
+	}
+	return 0, false
+}
+
 // Kick wakes QEMU's main loop.
 func Kick() { C.nasmig_call_kick() }
 

@@ -79,7 +79,20 @@ extern "C" {
  */
 #define NASMIG_RP_APPROVE 1 /* the fetch has caught up: switch over */
 #define NASMIG_RP_ERROR 2   /* UTF-8 text: why the destination failed */
+/*
+ * A reference failed verification (or its disk cannot be read here): send
+ * the page in full.  u8 source disk index | be64 disk offset | be64 RAM
+ * offset | RAMBlock idstr (the rest).  The source drops the mapping and
+ * marks the page dirty, so the next pass sends it as a normal page.
+ */
+#define NASMIG_RP_RESEND 3
+/* u8 source disk index: the destination cannot read this disk; stop
+ * offering references to it in this migration. */
+#define NASMIG_RP_DISK_OFF 4
 #define NASMIG_RP_MAX_BYTES 512
+
+/* Destination disk handle of a source disk this side cannot read. */
+#define NASMIG_DEST_DISK_REFUSED (-2)
 
 /*
  * What an outgoing migration does with references (QEMU decides per
@@ -96,6 +109,14 @@ enum nasmig_mode {
 #define NASMIG_MAX_DISKS 64
 #define NASMIG_MAX_RAMBLOCKS 64
 #define NASMIG_MAX_PAGES_PER_CALL 64
+/*
+ * Name buffers, NUL included, as large as QEMU's own (PATH_MAX for a
+ * node's filename, RAMBlock.idstr[256]); a longer name is refused with
+ * -ENAMETOOLONG, never truncated (two names sharing a prefix would merge).
+ */
+#define NASMIG_MAX_FILENAME 4096
+#define NASMIG_MAX_NODE_NAME 64
+#define NASMIG_MAX_IDSTR 256
 
 /* Log levels for nasmig_host.log. */
 enum nasmig_log_level {
@@ -158,6 +179,15 @@ struct nasmig_host {
 
     /* One log line, when the library logs through QEMU. */
     void (*log)(int level, const char *msg);
+
+    /*
+     * Destination: sends one NASMIG_RP_* message (kind byte first, at most
+     * NASMIG_RP_MAX_BYTES) to the source over the return path.  Only
+     * during an incoming migration whose setup carried
+     * NASMIG_SETUP_FLAG_HOLD.  Returns: 0, -ENOTCONN without a return
+     * path, -EINVAL when too long.  Callable from any thread.
+     */
+    int (*send_to_source)(const uint8_t *buf, size_t len);
 };
 
 /* One 4 KiB guest page that a completed block read filled from disk. */
@@ -184,7 +214,9 @@ struct nasmig_stats {
     uint64_t fetch_reads;     /* coalesced storage reads (destination) */
     uint64_t fetch_bytes;     /* bytes read from shared storage (destination) */
     uint64_t verify_failures; /* blocks whose hash did not match (destination) */
-    uint64_t fallbacks;       /* pages re-read after the source's final flush */
+    uint64_t fallbacks;       /* failed references recovered: the page came
+                               * in full from the source, or a re-read
+                               * after its final flush verified */
     uint64_t fetch_time_ns;   /* wall time from first reference to last fill */
     uint64_t pending_pages;   /* fills not finished yet (destination) */
 };
@@ -197,15 +229,15 @@ struct nasmig_lib {
     /* --- tracking (source side; HOT) --- */
 
     /*
-     * Registers a RAM block; returns its handle (>= 0) or -ENOSPC.
-     * Idempotent for the same idstr.
+     * Registers a RAM block; returns its handle (>= 0), -ENOSPC, or
+     * -ENAMETOOLONG.  Idempotent for the same idstr.
      */
     int (*ramblock_add)(const char *idstr, uint64_t max_length);
 
     /*
      * Registers a disk node whose reads land in guest RAM; returns its
-     * handle (>= 0), -EPERM when configuration excludes it, -ENOSPC.
-     * Idempotent for the same node name.
+     * handle (>= 0), -EPERM when configuration excludes it, -ENOSPC, or
+     * -ENAMETOOLONG.  Idempotent for the same node name.
      */
     int (*disk_add)(const char *node_name, const char *filename, uint64_t size);
 
@@ -255,6 +287,13 @@ struct nasmig_lib {
      */
     int (*ref_query)(uint32_t ramblock, uint64_t ram_offset, const void *host,
                      uint8_t *wire);
+
+    /*
+     * Source, from QEMU's return-path thread: a NASMIG_RP_RESEND or
+     * NASMIG_RP_DISK_OFF message of the destination (the whole message,
+     * kind byte first).
+     */
+    void (*source_message)(const uint8_t *buf, size_t len);
 
     /* Migration ended on the source (completed, failed or cancelled). */
     void (*source_cleanup)(int failed);

@@ -239,6 +239,9 @@ int nasmig_lib_ramblock_add(const char *idstr, uint64_t max_length)
     void *mem;
     uint64_t npages = max_length >> NASMIG_PAGE_SHIFT;
 
+    if (strlen(idstr) >= NASMIG_MAX_IDSTR) {
+        return -ENAMETOOLONG;
+    }
     pthread_mutex_lock(&table_lock);
     for (i = 0; i < nasmig_g.nrb; i++) {
         if (!strncmp(nasmig_g.rb[i].idstr, idstr,
@@ -288,6 +291,10 @@ int nasmig_lib_disk_add(const char *node_name, const char *filename,
     struct nasmig_disk_info *d;
     int i, ret;
 
+    if (strlen(node_name) >= NASMIG_MAX_NODE_NAME ||
+        strlen(filename) >= NASMIG_MAX_FILENAME) {
+        return -ENAMETOOLONG;
+    }
     pthread_mutex_lock(&table_lock);
     for (i = 0; i < nasmig_g.ndisk; i++) {
         if (!strcmp(nasmig_g.disk[i].node_name, node_name)) {
@@ -658,6 +665,11 @@ int nasmig_lib_ref_query(uint32_t ramblock, uint64_t ram_offset,
     if (!fwd) {
         return 0;
     }
+    /* The destination cannot read this disk: send its pages in full. */
+    if (LOAD_ACQ(&nasmig_g.disk_off[(fwd >> NASMIG_FWD_DISK_SHIFT) &
+                                    NASMIG_FWD_DISK_MASK])) {
+        return 0;
+    }
     /* The dirty bit is clear now: a later guest write shows up next round. */
     nasmig_hash_page(&nasmig_g.key, host, h);
     if (nasmig_h16(h[0]) != ((fwd >> NASMIG_FWD_H16_SHIFT) & 0xffff) ||
@@ -794,7 +806,11 @@ int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
     src_disk = wire[1];
     handle = src_disk < NASMIG_MAX_DISKS ?
              LOAD_ACQ(&nasmig_g.dest_disk_map[src_disk]) : -1;
-    if (handle < 0) {
+    /*
+     * A refused disk's references fail at once (Go asks the source for
+     * the page); only a disk the setup never announced is an error.
+     */
+    if (handle < 0 && handle != NASMIG_DEST_DISK_REFUSED) {
         snprintf(msg, sizeof(msg), "reference to unknown disk %u", src_disk);
         nasmig_set_err(msg);
         return -EINVAL;
@@ -884,6 +900,10 @@ int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
                                             __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
                 SUB(&nasmig_g.stats.pending_pages, 1);
+                if ((old & 3) == NASMIG_FILL_FAILED) {
+                    /* A failed reference recovered: the page came in full. */
+                    STAT_ADD(fallbacks, 1);
+                }
                 return 0;
             }
         }
@@ -1062,6 +1082,14 @@ int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,
         return -ENOSYS;
     }
     return host_ops->disk_attach(filename, size, track, err, errlen);
+}
+
+int nasmig_call_send_to_source(const uint8_t *buf, size_t len)
+{
+    if (!host_ops || !host_ops->send_to_source) {
+        return -ENOSYS;
+    }
+    return host_ops->send_to_source(buf, len);
 }
 
 void nasmig_call_kick(void)

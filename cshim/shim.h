@@ -51,15 +51,15 @@ static inline uint64_t nasmig_h16(uint64_t h) { return h >> 48; }
 static inline uint64_t nasmig_h24(uint64_t h) { return (h >> 24) & 0xffffff; }
 
 struct nasmig_rb_info {
-    char idstr[64];
+    char idstr[NASMIG_MAX_IDSTR];
     uint64_t npages;
     uint64_t *forward;     /* npages words */
     uint32_t *dest_state;  /* destination fill state per page, lazily */
 };
 
 struct nasmig_disk_info {
-    char node_name[64];
-    char filename[1024];
+    char node_name[NASMIG_MAX_NODE_NAME];
+    char filename[NASMIG_MAX_FILENAME];
     uint64_t size;
     uint64_t ndir;
     uint64_t **dir;        /* ndir chunk pointers, each NASMIG_REV_CHUNK words */
@@ -134,6 +134,8 @@ struct nasmig_shared {
     int dest_disk_map[NASMIG_MAX_DISKS]; /* source index -> handle, -1 none */
     /* source index -> this side's tracking handle, -1 none */
     int dest_track_map[NASMIG_MAX_DISKS];
+    /* source: the destination cannot read these disks (this migration) */
+    int disk_off[NASMIG_MAX_DISKS];
     int finish_req;     /* 1 barrier, 2 finish */
     int finish_state;   /* 0 working, 1 done ok, 2 done with error */
     int barrier_done;
@@ -197,6 +199,7 @@ int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
 int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,
                             char *err, size_t errlen);
 void nasmig_call_kick(void);
+int nasmig_call_send_to_source(const uint8_t *buf, size_t len);
 void nasmig_call_approve_switchover(void);
 void nasmig_call_log(int level, const char *msg);
 void nasmig_set_host(const struct nasmig_host *host);

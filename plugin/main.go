@@ -166,12 +166,37 @@ func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.in
 	}
 	cshim.SetMigKey(cshim.ExpandKey(s.KeySeed))
 	cshim.StatsReset()
+	for i := 0; i < cshim.MaxDisks; i++ {
+		cshim.SetDiskOff(i, false)
+	}
 	C.memcpy(unsafe.Pointer(buf), unsafe.Pointer(&b[0]), C.size_t(len(b)))
 	*length = C.uint32_t(len(b))
 	lib.m.SetMigrating(true)
 	lib.m.Sync()
 	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", s.Flags&cshim.SetupFlagHold != 0).Int("disks", len(s.Disks)).Int64("mapped_pages", lib.m.Mapped()).Msg("outgoing migration with disk references")
 	return 0
+}
+
+//export nasmigSourceMessage
+func nasmigSourceMessage(buf *C.uint8_t, length C.size_t) {
+	m, err := wire.DecodeSourceMsg(C.GoBytes(unsafe.Pointer(buf), C.int(length)))
+	if err != nil {
+		lib.log.Warn().Err(err).Msg("ignored a return-path message")
+		return
+	}
+	switch m.Kind {
+	case cshim.RPDiskOff:
+		cshim.SetDiskOff(int(m.Disk), true)
+		lib.log.Warn().Str("disk", cshim.Disk(int(m.Disk)).Filename).Msg("the destination cannot read this disk: its pages go in full")
+	case cshim.RPResend:
+		// As if the block had been written: the mapping goes (and with it
+		// any later reference), and the page is sent again in full.
+		cshim.BlockWriteDone(int(m.Disk), m.DiskOffset, cshim.PageSize)
+		if rb, ok := cshim.RAMBlockByName(m.RAMBlock); ok {
+			cshim.MarkDirty(rb, m.RAMOffset, cshim.PageSize)
+		}
+		lib.log.Info().Str("ramblock", m.RAMBlock).Uint64("ram_offset", m.RAMOffset).Uint64("disk_offset", m.DiskOffset).Msg("the destination asked for a page in full")
+	}
 }
 
 //export nasmigBeforeBitmapSync
@@ -203,27 +228,42 @@ func nasmigDestSetup(buf *C.uint8_t, length C.uint32_t) C.int {
 	cshim.StatsReset()
 	// Verify with this migration's key; this side's tracking key stays its own.
 	cshim.SetMigKey(cshim.ExpandKey(s.KeySeed))
+	hold := s.Flags&cshim.SetupFlagHold != 0
+	var refused []string
 	for _, d := range s.Disks {
 		h, track, err := cshim.AttachDisk(d.Filename, d.Size)
-		if err != nil {
-			cshim.SetErr(fmt.Sprintf("shared disk %d (%s) is not usable here: %v", d.Index, d.Filename, err))
+		if err == nil {
+			cshim.SetDestDisk(int(d.Index), h, d.Size, track)
+			continue
+		}
+		why := fmt.Sprintf("shared disk %d (%s) is not usable here: %v", d.Index, d.Filename, err)
+		if !hold || lib.cfg.Strict {
+			// A save file, or strict=on: nobody can send the pages instead.
+			cshim.SetErr(why)
 			return -C.ENODEV
 		}
-		cshim.SetDestDisk(int(d.Index), h, d.Size, track)
+		// A live migration: the source sends this disk's pages in full.
+		if err := cshim.SendToSource(wire.EncodeDiskOff(d.Index)); err != nil {
+			cshim.SetErr(fmt.Sprintf("%s; and the source cannot be told: %v", why, err))
+			return -C.ENODEV
+		}
+		cshim.SetDestDisk(int(d.Index), cshim.DestDiskRefused, d.Size, -1)
+		refused = append(refused, d.Filename)
+		lib.log.Warn().Str("disk", d.Filename).Err(err).Msg("shared disk not usable here: its pages come in full from the source")
 	}
 	lib.setup = s
 	names := map[uint32]string{}
 	for _, d := range s.Disks {
 		names[uint32(d.Index)] = d.Filename
 	}
-	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] }, s.Flags&cshim.SetupFlagHold != 0)
+	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] }, hold)
 	if err != nil {
 		cshim.SetErr(err.Error())
 		return -C.EIO
 	}
 	lib.fetcher = f
 	cshim.SetDestOn(true)
-	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", s.Flags&cshim.SetupFlagHold != 0).Int("disks", len(s.Disks)).Msg("incoming migration with disk references")
+	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", hold).Int("disks", len(s.Disks)).Strs("refused", refused).Msg("incoming migration with disk references")
 	return 0
 }
 

@@ -201,7 +201,7 @@ int main(int argc, char **argv)
           "lib version %u size %u", lib.abi_version, lib.struct_size);
 #define NEED(f) CHECK(lib.f, "%s not filled", #f)
     NEED(ramblock_add); NEED(disk_add); NEED(block_read_done); NEED(block_read_begin);
-    NEED(block_read_end); NEED(block_write_done); NEED(source_setup);
+    NEED(block_read_end); NEED(block_write_done); NEED(source_setup); NEED(source_message);
     NEED(before_bitmap_sync); NEED(ref_query); NEED(source_cleanup); NEED(dest_setup);
     NEED(ref_received); NEED(before_page_write); NEED(read_done); NEED(dest_finish);
     NEED(dest_pending); NEED(dest_barrier); NEED(dest_cleanup); NEED(stats);

@@ -19,6 +19,7 @@ type Config struct {
 	LogFile     string        // logfile=PATH (default: QEMU's stderr)
 	DebugSocket string        // debug-socket=PATH: serve the live map to nasmig-inspect
 	Exclude     []string      // exclude=NAME[:NAME...]: node names or filenames never referenced
+	Strict      bool          // strict=on: a disk the destination cannot read fails the migration
 	RingSlots   uint32        // ring=N: tracking ring size, a power of two
 }
 
@@ -44,6 +45,8 @@ func Parse(args []string) (Config, error) {
 			c.Enabled, err = onOff(val)
 		case "auto":
 			c.Auto, err = onOff(val)
+		case "strict":
+			c.Strict, err = onOff(val)
 		case "log":
 			c.LogLevel, err = level(val)
 		case "logfile":
@@ -66,7 +69,7 @@ func Parse(args []string) (Config, error) {
 			}
 			c.RingSlots = uint32(n)
 		default:
-			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, log, logfile, debug-socket, exclude, ring)", ErrBadArgument, key)
+			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, ring)", ErrBadArgument, key)
 		}
 		if err != nil {
 			return c, fmt.Errorf("%w %q: %v", ErrBadArgument, arg, err)

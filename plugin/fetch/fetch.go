@@ -3,10 +3,14 @@
 // blocks into large reads, keeps several reads in flight through QEMU's
 // block layer, verifies every block's hash in C and fills the page.
 //
-// A block that fails verification (or cannot be read) is re-read once the
-// stream ends, when the source has flushed and inactivated its disks; if it
-// still fails, the migration fails and the source resumes.  Nothing here
-// ever lets an unverified page into guest RAM.
+// A block that fails verification (or cannot be read, or lies on a disk
+// this side cannot open) is asked from the source over the return path
+// when there is one (a live migration): the source drops the mapping and
+// sends the page in full, which supersedes the failed fill.  Whatever is
+// still failed when the stream ends is re-read, now that the source has
+// flushed and inactivated its disks; if it still fails, the migration fails
+// and the source resumes.  Nothing here ever lets an unverified page into
+// guest RAM.
 package fetch
 
 import (
@@ -20,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"nasmig/cshim"
+	"nasmig/plugin/wire"
 )
 
 const (
@@ -69,9 +74,18 @@ type Fetcher struct {
 	lastRef      time.Time
 	lastCaughtUp time.Time
 	// hold: the source waits for the approval (a live migration with a
-	// return path); without it nothing is approved.
+	// return path); without it nothing is approved and nothing can be
+	// asked from the source.
 	hold bool
+	// lastResend: when a page was last asked from the source; the
+	// switchover waits a moment so the answer rides in the next pass.
+	lastResend time.Time
 }
+
+// resendSettle is how long after asking the source for a page the fetch
+// still holds the switchover, so the page comes in a pass of its own
+// rather than racing the last one.
+const resendSettle = 500 * time.Millisecond
 
 const (
 	quietBeforeApproval = 200 * time.Millisecond
@@ -150,7 +164,8 @@ func (f *Fetcher) run() {
 // one, or none at all for noRefsApproval (a guest with nothing mapped).
 // QEMU approves the switchover once.
 func (f *Fetcher) maybeApprove(started time.Time) {
-	if !f.hold || len(f.queued) > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval {
+	if !f.hold || len(f.queued) > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval ||
+		time.Since(f.lastResend) < resendSettle {
 		return
 	}
 	if f.lastRef.IsZero() {
@@ -238,6 +253,20 @@ func (f *Fetcher) issue(retry bool) {
 		}
 		return a.Block() < b.Block()
 	})
+	// References to a disk this side cannot read fail at once.
+	kept := f.queued[:0]
+	var refused []item
+	for _, it := range f.queued {
+		if int32(it.req.Disk()) == cshim.DestDiskRefused {
+			refused = append(refused, it)
+		} else {
+			kept = append(kept, it)
+		}
+	}
+	f.queued = kept
+	if len(refused) > 0 {
+		f.fail(refused, "the disk is not usable on this side")
+	}
 	i := 0
 	for i < len(f.queued) && (len(f.inflight) < maxInFlight || retry) {
 		first := f.queued[i].req
@@ -317,6 +346,22 @@ func (f *Fetcher) complete(id uint64, ret int64) {
 	}
 }
 
+// askSource asks the source to send the page of a failed reference in
+// full; false when the message could not be sent.
+func (f *Fetcher) askSource(r *cshim.FetchReq) bool {
+	msg, err := wire.EncodeResend(uint8(r.SrcDisk()), r.Block()<<cshim.PageShift, r.Page()<<cshim.PageShift,
+		cshim.RAMBlockName(int(r.RAMBlock())))
+	if err == nil {
+		err = cshim.SendToSource(msg)
+	}
+	if err != nil {
+		f.log.Warn().Err(err).Msg("cannot ask the source for a page")
+		return false
+	}
+	f.lastResend = time.Now()
+	return true
+}
+
 // fail parks items for a re-read, or, for items that were already re-read,
 // records the error that will fail the migration.
 func (f *Fetcher) fail(items []item, reason string) {
@@ -328,7 +373,12 @@ func (f *Fetcher) fail(items []item, reason string) {
 			continue // a later record replaced this reference
 		}
 		if !it.retry {
-			f.log.Warn().Str("where", where).Str("reason", reason).Msg("disk reference failed; will re-read after the source's final flush")
+			if f.hold && f.askSource(&r) {
+				f.log.Info().Str("where", where).Str("reason", reason).Msg("disk reference failed; asked the source for the page")
+			} else {
+				f.log.Warn().Str("where", where).Str("reason", reason).Msg("disk reference failed; will re-read after the source's final flush")
+			}
+			// Kept for the final re-read, in case the page never comes.
 			f.failed = append(f.failed, item{req: r, reason: reason})
 			continue
 		}

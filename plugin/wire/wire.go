@@ -39,8 +39,9 @@ const Magic = "NSMG"
 // version QEMU checks is the same number).
 const SetupVersion = cshim.SectionVersion
 
-// MaxFilename caps a disk's filename (QEMU's own limit is 4 KiB).
-const MaxFilename = 4096
+// MaxFilename caps a disk's filename and node name: QEMU's own limit
+// (PATH_MAX, NUL included), the size of the library's name buffers.
+const MaxFilename = cshim.MaxFilename - 1
 
 // Sentinel errors, wrapped with detail.
 var (
@@ -218,4 +219,67 @@ func EncodeRef(r Ref) []byte {
 	b = binary.BigEndian.AppendUint64(b, r.Offset)
 	b = binary.BigEndian.AppendUint64(b, r.Hash[0])
 	return binary.BigEndian.AppendUint64(b, r.Hash[1])
+}
+
+// Return-path messages of a destination library to its source library
+// (carried by QEMU's MIG_RP_MSG_NASMIG; QEMU itself handles
+// cshim.RPApprove and cshim.RPError):
+//
+//	RESEND:   u8 kind | u8 source disk | be64 disk offset | be64 RAM offset | RAMBlock idstr
+//	DISK_OFF: u8 kind | u8 source disk
+
+// SourceMsg is one decoded message for the source library.
+type SourceMsg struct {
+	Kind       uint8
+	Disk       uint8
+	DiskOffset uint64 // RESEND
+	RAMOffset  uint64 // RESEND
+	RAMBlock   string // RESEND
+}
+
+// ErrSourceMsg is wrapped by every malformed return-path message.
+var ErrSourceMsg = errors.New("bad nasmig return-path message")
+
+// EncodeResend asks the source to send a page in full.
+func EncodeResend(disk uint8, diskOffset, ramOffset uint64, ramBlock string) ([]byte, error) {
+	if 18+len(ramBlock) > cshim.RPMaxBytes || ramBlock == "" {
+		return nil, fmt.Errorf("%w: RAM block name of %d bytes", ErrSourceMsg, len(ramBlock))
+	}
+	b := []byte{cshim.RPResend, disk}
+	b = binary.BigEndian.AppendUint64(b, diskOffset)
+	b = binary.BigEndian.AppendUint64(b, ramOffset)
+	return append(b, ramBlock...), nil
+}
+
+// EncodeDiskOff tells the source that this side cannot read a disk.
+func EncodeDiskOff(disk uint8) []byte { return []byte{cshim.RPDiskOff, disk} }
+
+// DecodeSourceMsg parses a RESEND or DISK_OFF message.
+func DecodeSourceMsg(b []byte) (SourceMsg, error) {
+	if len(b) < 2 || len(b) > cshim.RPMaxBytes {
+		return SourceMsg{}, fmt.Errorf("%w: %d bytes", ErrSourceMsg, len(b))
+	}
+	m := SourceMsg{Kind: b[0], Disk: b[1]}
+	if int(m.Disk) >= cshim.MaxDisks {
+		return m, fmt.Errorf("%w: disk %d", ErrSourceMsg, m.Disk)
+	}
+	switch m.Kind {
+	case cshim.RPDiskOff:
+		if len(b) != 2 {
+			return m, fmt.Errorf("%w: DISK_OFF of %d bytes", ErrSourceMsg, len(b))
+		}
+	case cshim.RPResend:
+		if len(b) < 19 {
+			return m, fmt.Errorf("%w: RESEND of %d bytes", ErrSourceMsg, len(b))
+		}
+		m.DiskOffset = binary.BigEndian.Uint64(b[2:])
+		m.RAMOffset = binary.BigEndian.Uint64(b[10:])
+		m.RAMBlock = string(b[18:])
+		if m.DiskOffset%cshim.PageSize != 0 || m.RAMOffset%cshim.PageSize != 0 {
+			return m, fmt.Errorf("%w: unaligned RESEND %#x/%#x", ErrSourceMsg, m.DiskOffset, m.RAMOffset)
+		}
+	default:
+		return m, fmt.Errorf("%w: kind %d", ErrSourceMsg, m.Kind)
+	}
+	return m, nil
 }

@@ -343,3 +343,54 @@ func FuzzDecodeRef(f *testing.F) {
 		}
 	})
 }
+
+func TestSourceMsgRoundTrip(t *testing.T) {
+	b, err := EncodeResend(3, 0x1000, 0x7000, "pc.ram")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := DecodeSourceMsg(b)
+	if err != nil || m != (SourceMsg{Kind: cshim.RPResend, Disk: 3, DiskOffset: 0x1000, RAMOffset: 0x7000, RAMBlock: "pc.ram"}) {
+		t.Fatalf("RESEND round trip: %+v, %v", m, err)
+	}
+	if m, err := DecodeSourceMsg(EncodeDiskOff(5)); err != nil || m.Kind != cshim.RPDiskOff || m.Disk != 5 {
+		t.Fatalf("DISK_OFF round trip: %+v, %v", m, err)
+	}
+	for name, bad := range map[string][]byte{
+		"empty":          nil,
+		"kind only":      {cshim.RPResend},
+		"unknown kind":   {99, 0},
+		"disk too large": {cshim.RPDiskOff, cshim.MaxDisks},
+		"short resend":   b[:18],
+		"unaligned":      append([]byte{cshim.RPResend, 0, 0, 0, 0, 0, 0, 0, 0, 1}, b[10:]...),
+		"long disk off":  {cshim.RPDiskOff, 1, 2},
+	} {
+		if _, err := DecodeSourceMsg(bad); !errors.Is(err, ErrSourceMsg) {
+			t.Errorf("%s: %v, want ErrSourceMsg", name, err)
+		}
+	}
+	if _, err := EncodeResend(0, 0, 0, strings.Repeat("r", cshim.RPMaxBytes)); err == nil {
+		t.Errorf("an over-long RAM block name was encoded")
+	}
+}
+
+func FuzzDecodeSourceMsg(f *testing.F) {
+	b, _ := EncodeResend(1, 4096, 8192, "pc.ram")
+	f.Add(b)
+	f.Add(EncodeDiskOff(2))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodeSourceMsg(data)
+		if err != nil {
+			return
+		}
+		var again []byte
+		if m.Kind == cshim.RPDiskOff {
+			again = EncodeDiskOff(m.Disk)
+		} else if again, err = EncodeResend(m.Disk, m.DiskOffset, m.RAMOffset, m.RAMBlock); err != nil {
+			t.Fatalf("decoded %+v does not re-encode: %v", m, err)
+		}
+		if !bytes.Equal(again, data) {
+			t.Fatalf("re-encoding differs:\n% x\n% x", again, data)
+		}
+	})
+}

@@ -32,6 +32,7 @@ const (
 	noPlugin  pluginMode = iota // no -plugin: stock QEMU behaviour
 	nasmigOn                    // -plugin libnasmig.so,log=info (auto=on: every migration that can use references does)
 	nasmigOff                   // -plugin libnasmig.so,enable=off: must change nothing
+	nasmigStrict                // -plugin libnasmig.so,strict=on: a disk this side cannot read fails the migration
 )
 
 func (m pluginMode) String() string {
@@ -40,6 +41,8 @@ func (m pluginMode) String() string {
 		return "nasmig on"
 	case nasmigOff:
 		return "nasmig enable=off"
+	case nasmigStrict:
+		return "nasmig strict=on"
 	}
 	return "no plugin"
 }
@@ -51,6 +54,8 @@ func (m pluginMode) apply(cfg *harness.VMConfig, env harness.Env) {
 		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"log=info"}
 	case nasmigOff:
 		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"enable=off", "log=info"}
+	case nasmigStrict:
+		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"strict=on", "log=info"}
 	}
 }
 
@@ -79,6 +84,30 @@ type e2eCase struct {
 	// raw image as its backing file (the OpenStack / Proxmox layout); new
 	// clusters grow the overlay file while the guest writes.
 	overlay bool
+	// iothread: the disk's controller runs in an iothread.
+	iothread bool
+	// uefi: the guest boots through OVMF (Debian's ovmf: read-only
+	// OVMF_CODE in pflash unit 0, a per-VM copy of OVMF_VARS in unit 1).
+	uefi bool
+}
+
+// OVMF images of Debian's ovmf package.
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// uefiArgs gives a VM OVMF as firmware, with its own copy of the variables
+// store (shared by source and destination, as on shared storage).
+func uefiArgs(ctx context.Context, p *pair) ([]string, error) {
+	vars, err := p.run.CopyImage(ctx, ovmfVars, "OVMF_VARS.fd")
+	if err != nil {
+		return nil, err
+	}
+	return []string{
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + ovmfCode,
+		"-drive", "if=pflash,format=raw,unit=1,file=" + vars,
+	}, nil
 }
 
 // outcome is what a completed migration's query-migrate said, on both sides.
@@ -255,10 +284,25 @@ func cases() []e2eCase {
 			},
 		}),
 		nasmigBothSides(e2eCase{
+			// The destination cannot read the source's disk: the pages
+			// come in full instead, and the migration completes.
 			name: "12-destination-lacks-disk", workload: "pagecache-read", dstOwnDisk: true,
+			check: func(t *testing.T, o outcome) {
+				if o.dst.FetchedPages != 0 {
+					t.Errorf("destination fetched %d pages from a disk it does not have", o.dst.FetchedPages)
+				}
+				t.Logf("references sent before the source heard: %d; recovered in full: %d", o.src.RefPages, o.dst.Fallbacks)
+				if o.dst.Fallbacks < o.src.RefPages {
+					t.Errorf("fallbacks %d < references sent %d: some referenced page was not recovered", o.dst.Fallbacks, o.src.RefPages)
+				}
+			},
+		}),
+		{
+			name: "12b-destination-lacks-disk-strict", workload: "pagecache-read", dstOwnDisk: true,
+			src: nasmigOn, dst: nasmigStrict,
 			opts: harness.MigrateOpts{Timeout: 2 * time.Minute},
 			flow: destinationLacksDiskFlow,
-		}),
+		},
 		nasmigBothSides(e2eCase{
 			name: "13-save-restore-file", workload: "pagecache-read", flow: saveRestoreFlow,
 			check: requireRefsAndFetched,
@@ -297,6 +341,21 @@ func cases() []e2eCase {
 			name: "22-tls", workload: "pagecache-read", flow: tlsFlow,
 		}),
 		nasmigBothSides(e2eCase{
+			// The firmware is read from its pflash image through the block
+			// layer into guest RAM; it is not shared storage and must
+			// never make the destination refuse.
+			name: "23-uefi-ovmf", workload: "pagecache-read", uefi: true,
+			check: requireRefsAndFetched,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "24-virtio-blk-iothread", workload: "pagecache-read", iothread: true,
+			check: requireRefsAndFetched,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "25-virtio-scsi-iothread", workload: "pagecache-read", bus: harness.BusVirtioSCSI, iothread: true,
+			check: requireRefsAndFetched,
+		}),
+		nasmigBothSides(e2eCase{
 			// The guest keeps writing (new clusters grow the overlay file)
 			// before and during the migration.
 			name: "21-qcow2-overlay-on-shared-files", workload: "mixed", settle: 3, fileDisk: true, overlay: true,
@@ -307,8 +366,9 @@ func cases() []e2eCase {
 }
 
 // destinationLacksDiskFlow: the destination cannot reach the source's shared
-// disk (its drive is another server's export).  The setup must fail with a
-// message naming the disk, and the source must keep running.
+// disk (its drive is another server's export) and runs with strict=on.  The
+// setup must fail with a message naming the disk, in the destination's log
+// and in the source's error-desc, and the source must keep running.
 func destinationLacksDiskFlow(t *testing.T, ctx context.Context, p *pair) {
 	result, err := p.migrate(t, ctx)
 	if err == nil {
@@ -474,6 +534,17 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 			t.Fatal(err)
 		}
 		srcCfg.Disk = p.storage.Disk(c.bus)
+	}
+	srcCfg.Disk.IOThread = c.iothread
+	if c.uefi {
+		if _, err := os.Stat(ovmfCode); err != nil {
+			t.Fatalf("UEFI case: %v (Debian's ovmf package, installed by build.sh)", err)
+		}
+		args, err := uefiArgs(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srcCfg.ExtraArgs = append(srcCfg.ExtraArgs, args...)
 	}
 	c.src.apply(&srcCfg, env)
 	if p.src, err = p.run.StartVM(ctx, srcCfg); err != nil {

@@ -41,6 +41,7 @@ type DiskConfig struct {
 	Format      string // FormatRaw or FormatQcow2: the format QEMU opens URI with
 	Bus         string // BusVirtio, BusAHCI or BusVirtioSCSI
 	CacheDirect bool   // cache.direct=on: no host page cache between guest and storage
+	IOThread    bool   // the disk's controller runs in an iothread (virtio-blk, virtio-scsi)
 }
 
 // VMConfig describes one QEMU process.
@@ -115,7 +116,7 @@ func (c VMConfig) Validate() error {
 		if d.Format != FormatRaw && d.Format != FormatQcow2 {
 			return fmt.Errorf("vm %s: disk format %q: want %q or %q", c.Name, d.Format, FormatRaw, FormatQcow2)
 		}
-		if _, err := diskDeviceArgs(d.Bus); err != nil {
+		if _, err := diskDeviceArgs(d.Bus, d.IOThread); err != nil {
 			return fmt.Errorf("vm %s: %w", c.Name, err)
 		}
 	}
@@ -127,14 +128,22 @@ func (c VMConfig) Validate() error {
 func escapeOpt(value string) string { return strings.ReplaceAll(value, ",", ",,") }
 
 // diskDeviceArgs returns the -device arguments that attach drive d0.
-func diskDeviceArgs(bus string) ([]string, error) {
+func diskDeviceArgs(bus string, iothread bool) ([]string, error) {
+	var io []string
+	var onIO string
+	if iothread {
+		io, onIO = []string{"-object", "iothread,id=io0"}, ",iothread=io0"
+	}
 	switch bus {
 	case BusVirtio:
-		return []string{"-device", "virtio-blk-pci,drive=d0"}, nil
+		return append(io, "-device", "virtio-blk-pci,drive=d0"+onIO), nil
 	case BusAHCI:
+		if iothread {
+			return nil, fmt.Errorf("disk bus %q has no iothread", bus)
+		}
 		return []string{"-device", "ahci,id=ahci0", "-device", "ide-hd,drive=d0,bus=ahci0.0"}, nil
 	case BusVirtioSCSI:
-		return []string{"-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=d0,bus=scsi0.0"}, nil
+		return append(io, "-device", "virtio-scsi-pci,id=scsi0"+onIO, "-device", "scsi-hd,drive=d0,bus=scsi0.0"), nil
 	default:
 		return nil, fmt.Errorf("disk bus %q: want %q, %q or %q", bus, BusVirtio, BusAHCI, BusVirtioSCSI)
 	}
@@ -180,7 +189,7 @@ func (c VMConfig) Args(p VMPaths) ([]string, error) {
 		if d.CacheDirect {
 			drive += ",cache.direct=on"
 		}
-		devices, err := diskDeviceArgs(d.Bus)
+		devices, err := diskDeviceArgs(d.Bus, d.IOThread)
 		if err != nil {
 			return nil, err
 		}
