@@ -29,10 +29,10 @@ const (
 type pluginMode int
 
 const (
-	noPlugin  pluginMode = iota // no -plugin: stock QEMU behaviour
-	nasmigOn                    // -plugin libnasmig.so,log=info (auto=on: every migration that can use references does)
-	nasmigOff                   // -plugin libnasmig.so,enable=off: must change nothing
-	nasmigStrict                // -plugin libnasmig.so,strict=on: a disk this side cannot read fails the migration
+	noPlugin     pluginMode = iota // no -plugin: stock QEMU behaviour
+	nasmigOn                       // -plugin libnasmig.so,log=info (auto=on: every migration that can use references does)
+	nasmigOff                      // -plugin libnasmig.so,enable=off: must change nothing
+	nasmigStrict                   // -plugin libnasmig.so,strict=on: a disk this side cannot read fails the migration
 )
 
 func (m pluginMode) String() string {
