@@ -37,10 +37,10 @@ commands:
           libnasmig.so and the tools into $OUT
   test    build, then run all tests: Go unit, race, fuzz seeds, C ABI, end-to-end
           migrations of a real guest, QEMU's own migration-test (default set) with
-          and without libnasmig.so (the README's test command)
+          libnasmig.so loaded (the README's test command)
   test-full
-          test, then QEMU's migration-test --full with libnasmig.so loaded (about
-          20-30 minutes more under TCG)
+          test, then QEMU's migration-test default set as built and --full with
+          libnasmig.so loaded (about an hour more under TCG)
   demo    build, then migrate a guest with and without nasmig and print a comparison
   bench   build, then run the benchmarks (figures printed, nothing asserted on time)
   help    this text
@@ -59,7 +59,7 @@ as_root() {
 
 PKGS="ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev flex bison pkg-config zlib1g-dev
 libzstd-dev python3-venv seabios dpkg-dev e2fsprogs iproute2 xz-utils zstd cpio bc gcc make
-binutils libgnutls28-dev openssl ovmf"
+binutils libgnutls28-dev openssl ovmf ipxe-qemu"
 BACKPORT_PKGS="meson python3-pycotap"
 
 ensure_packages() {
@@ -260,12 +260,15 @@ do_test() {
 	step "end-to-end migrations of a real guest"
 	go test -count=1 -v -timeout 70m ./tests/e2e/... || fail=1
 	done_step
-	step "QEMU's own migration-test, default set: as built, then with libnasmig.so"
-	qemu_suite || fail=1
+	step "QEMU's own migration-test, default set, with libnasmig.so loaded"
+	qemu_suite "" on || fail=1
 	done_step
 	if [ "${1:-}" = full ]; then
-		step "QEMU's own migration-test --full with libnasmig.so"
-		qemu_suite --full || fail=1
+		step "QEMU's own migration-test, default set, as built (the baseline)"
+		qemu_suite "" off || fail=1
+		done_step
+		step "QEMU's own migration-test --full with libnasmig.so loaded"
+		qemu_suite --full on || fail=1
 		done_step
 	fi
 	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "ALL TESTS PASSED" || echo "TESTS FAILED")" $(($(date +%s) - t0))
@@ -274,6 +277,7 @@ do_test() {
 
 # QEMU's own migration suite is the conformance floor: every case that
 # passes on the build as it is must pass with libnasmig.so loaded (defaults).
+SUITE_DATADIRS="$FIRMWARE:/usr/share/seabios:/usr/lib/ipxe/qemu"
 suite_accel() {
 	if [ -n "${NASMIG_ACCEL:-}" ]; then
 		echo "$NASMIG_ACCEL"
@@ -281,36 +285,36 @@ suite_accel() {
 	fi
 	# One case with KVM allowed, as the suite would run it; on this kind of
 	# machine (nested PVM) KVM cannot run the guest and TCG is used.
-	if NASMIG_SUITE_QEMU="$QEMU_BUILD/qemu-system-x86_64" QTEST_QEMU_BINARY="$here/tests/qemu-suite/qemu-with-nasmig.sh" \
-		timeout 60 "$QEMU_BUILD/tests/qtest/migration-test" -p /x86_64/migration/precopy/unix/plain >/dev/null 2>&1; then
+	if NASMIG_SUITE_QEMU="$QEMU_BUILD/qemu-system-x86_64" QTEST_QEMU_BINARY="$here/tests/qemu-suite/qemu-system-x86_64" \
+		NASMIG_SUITE_DATADIRS="$SUITE_DATADIRS" timeout 60 "$QEMU_BUILD/tests/qtest/migration-test" \
+		-p /x86_64/migration/precopy/unix/plain >/dev/null 2>&1; then
 		echo kvm
 	else
 		echo tcg
 	fi
 }
 
+# qemu_suite SET PLUGIN: runs QEMU's migration-test (SET: "" for its default
+# set, or --full) through tests/qemu-suite/qemu-system-x86_64, with
+# libnasmig.so loaded (PLUGIN=on) or not; every case must pass.
 qemu_suite() {
-	local set=${1:-} accel plugin label t0 fail=0
+	local set=$1 plugin=$2 accel lib="" tap t0 rc=0
 	(cd "$QEMU_BUILD" && ninja tests/qtest/migration-test >/dev/null) || die "building QEMU's migration-test failed"
-	accel=$(suite_accel)
-	echo "    accelerator for QEMU's migration-test: $accel"
-	for plugin in "" "$OUT/libnasmig.so"; do
-		label="as built"
-		[ -n "$plugin" ] && label="with libnasmig.so (defaults)"
-		[ -n "$set" ] && [ -z "$plugin" ] && continue # --full: the plugin run only (the default set compares both)
-		t0=$(date +%s)
-		echo "    migration-test ${set:-default set}, $label:"
-		if NASMIG_SUITE_QEMU="$QEMU_BUILD/qemu-system-x86_64" NASMIG_SUITE_PLUGIN="$plugin" NASMIG_SUITE_ACCEL="$accel" \
-			QTEST_QEMU_BINARY="$here/tests/qemu-suite/qemu-with-nasmig.sh" QTEST_QEMU_IMG="$QEMU_BUILD/qemu-img" \
-			"$QEMU_BUILD/tests/qtest/migration-test" $set --tap -k >"$LOGS/migration-test${set}${plugin:+-nasmig}.tap" 2>&1; then
-			:
-		else
-			fail=1
-		fi
-		grep -E "^(ok|not ok)" "$LOGS/migration-test${set}${plugin:+-nasmig}.tap" | sed 's/^/      /'
-		printf '      (%d s; log %s)\n' $(($(date +%s) - t0)) "$LOGS/migration-test${set}${plugin:+-nasmig}.tap"
-	done
-	return $fail
+	[ -n "${SUITE_ACCEL:-}" ] || SUITE_ACCEL=$(suite_accel)
+	accel=$SUITE_ACCEL
+	[ "$plugin" = on ] && lib=$OUT/libnasmig.so
+	tap=$LOGS/migration-test${set}${lib:+-nasmig}.tap
+	echo "    migration-test ${set:-default set}, ${lib:+with libnasmig.so (defaults), }accelerator $accel"
+	t0=$(date +%s)
+	NASMIG_SUITE_QEMU="$QEMU_BUILD/qemu-system-x86_64" NASMIG_SUITE_PLUGIN="$lib" NASMIG_SUITE_ACCEL="$accel" \
+		NASMIG_SUITE_DATADIRS="$SUITE_DATADIRS" PYTHON=/usr/bin/python3 \
+		QTEST_QEMU_BINARY="$here/tests/qemu-suite/qemu-system-x86_64" QTEST_QEMU_IMG="$QEMU_BUILD/qemu-img" \
+		"$QEMU_BUILD/tests/qtest/migration-test" $set --tap -k >"$tap" 2>&1 || rc=1
+	grep -E "^(ok|not ok)" "$tap" | sed 's/^/      /'
+	grep -q "^not ok" "$tap" && rc=1
+	grep -qE "^1\.\.[0-9]+" "$tap" || { echo "      no test plan in $tap: the suite did not start"; rc=1; }
+	printf '      (%d s; log %s)\n' $(($(date +%s) - t0)) "$tap"
+	return $rc
 }
 
 do_demo() {

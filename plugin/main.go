@@ -166,13 +166,20 @@ func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.in
 	}
 	cshim.SetMigKey(cshim.ExpandKey(s.KeySeed))
 	cshim.StatsReset()
+	// Only disks the destination hears of now may be referenced: one whose
+	// first read comes later is sent in full for this migration.
+	announced := map[int]bool{}
+	for _, d := range s.Disks {
+		announced[int(d.Index)] = true
+	}
 	for i := 0; i < cshim.MaxDisks; i++ {
-		cshim.SetDiskOff(i, false)
+		cshim.SetDiskOff(i, !announced[i])
 	}
 	C.memcpy(unsafe.Pointer(buf), unsafe.Pointer(&b[0]), C.size_t(len(b)))
 	*length = C.uint32_t(len(b))
 	lib.m.SetMigrating(true)
 	lib.m.Sync()
+	warnUnmatchedExcludes()
 	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", s.Flags&cshim.SetupFlagHold != 0).Int("disks", len(s.Disks)).Int64("mapped_pages", lib.m.Mapped()).Msg("outgoing migration with disk references")
 	return 0
 }
@@ -196,6 +203,24 @@ func nasmigSourceMessage(buf *C.uint8_t, length C.size_t) {
 			cshim.MarkDirty(rb, m.RAMOffset, cshim.PageSize)
 		}
 		lib.log.Info().Str("ramblock", m.RAMBlock).Uint64("ram_offset", m.RAMOffset).Uint64("disk_offset", m.DiskOffset).Msg("the destination asked for a page in full")
+	}
+}
+
+// warnUnmatchedExcludes logs each exclude= name that matches no disk QEMU
+// registered, with the names that do exist (a typo, or a drive id, must not
+// pass silently).
+func warnUnmatchedExcludes() {
+	var known []string
+	matched := map[string]bool{}
+	for i := 0; i < cshim.DiskCount(); i++ {
+		d := cshim.Disk(i)
+		known = append(known, d.NodeName, d.Filename)
+		matched[d.NodeName], matched[d.Filename] = true, true
+	}
+	for _, name := range lib.cfg.Exclude {
+		if !matched[name] {
+			lib.log.Warn().Str("exclude", name).Strs("disks", known).Msg("exclude= matches no disk (names are node names or filenames of the disks below)")
+		}
 	}
 }
 

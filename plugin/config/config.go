@@ -18,7 +18,7 @@ type Config struct {
 	LogLevel    zerolog.Level // log=error|warn|info|debug
 	LogFile     string        // logfile=PATH (default: QEMU's stderr)
 	DebugSocket string        // debug-socket=PATH: serve the live map to nasmig-inspect
-	Exclude     []string      // exclude=NAME[:NAME...]: node names or filenames never referenced
+	Exclude     []string      // exclude=NAME, repeatable: node names or filenames never referenced
 	Strict      bool          // strict=on: a disk the destination cannot read fails the migration
 	RingSlots   uint32        // ring=N: tracking ring size, a power of two
 }
@@ -54,13 +54,12 @@ func Parse(args []string) (Config, error) {
 		case "debug-socket":
 			c.DebugSocket, err = nonEmpty(val)
 		case "exclude":
-			c.Exclude = nil
-			for _, n := range strings.Split(val, ":") {
-				if n == "" {
-					return c, fmt.Errorf("%w %q: empty disk name", ErrBadArgument, arg)
-				}
-				c.Exclude = append(c.Exclude, n)
+			// One name per key, taken whole: filenames and NBD URIs
+			// contain ':' (repeat the key for several disks).
+			if val == "" {
+				return c, fmt.Errorf("%w %q: empty disk name", ErrBadArgument, arg)
 			}
+			c.Exclude = append(c.Exclude, val)
 		case "ring":
 			var n uint64
 			n, err = strconv.ParseUint(val, 10, 32)

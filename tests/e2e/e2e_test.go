@@ -49,6 +49,11 @@ func (m pluginMode) String() string {
 
 func (m pluginMode) apply(cfg *harness.VMConfig, env harness.Env) {
 	cfg.Plugin, cfg.PluginArgs = "", nil
+	defer func() {
+		if cfg.Plugin != "" {
+			cfg.PluginArgs = append(cfg.PluginArgs, extraPluginArgs...)
+		}
+	}()
 	switch m {
 	case nasmigOn:
 		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"log=info"}
@@ -58,6 +63,10 @@ func (m pluginMode) apply(cfg *harness.VMConfig, env harness.Env) {
 		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"strict=on", "log=info"}
 	}
 }
+
+// extraPluginArgs are appended to the plugin arguments of the case that
+// set them (one case runs at a time; runCase clears them).
+var extraPluginArgs []string
 
 // e2eCase is one row of the table.
 type e2eCase struct {
@@ -86,6 +95,10 @@ type e2eCase struct {
 	overlay bool
 	// iothread: the disk's controller runs in an iothread.
 	iothread bool
+	// excludeBase (with overlay): both sides load the library with
+	// exclude=<the raw base file> and exclude=d0 (a drive id, which names
+	// no disk node).
+	excludeBase bool
 	// uefi: the guest boots through OVMF (Debian's ovmf: read-only
 	// OVMF_CODE in pflash unit 0, a per-VM copy of OVMF_VARS in unit 1).
 	uefi bool
@@ -341,6 +354,23 @@ func cases() []e2eCase {
 			name: "22-tls", workload: "pagecache-read", flow: tlsFlow,
 		}),
 		nasmigBothSides(e2eCase{
+			// Every read of pagecache-read comes from the raw base under an
+			// empty overlay: excluding the base by filename leaves nothing
+			// to reference, and "d0" (a drive id) must be reported.
+			name: "26-exclude-by-filename", workload: "pagecache-read", fileDisk: true, overlay: true, excludeBase: true,
+			check: func(t *testing.T, o outcome) {
+				if o.src.RefPages != 0 {
+					t.Errorf("%d references to an excluded disk", o.src.RefPages)
+				}
+			},
+			flow: func(t *testing.T, ctx context.Context, p *pair) {
+				migrateAndCheck(t, ctx, p)
+				if log := p.src.LogTail(400); !strings.Contains(log, "exclude= matches no disk") || !strings.Contains(log, `"exclude":"d0"`) {
+					t.Errorf("the source's log does not report that exclude=d0 matches no disk:\n%s", p.src.LogTail(20))
+				}
+			},
+		}),
+		nasmigBothSides(e2eCase{
 			// The firmware is read from its pflash image through the block
 			// layer into guest RAM; it is not shared storage and must
 			// never make the destination refuse.
@@ -502,6 +532,7 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	if c.opts.Timeout == 0 {
 		c.opts.Timeout = 3 * time.Minute // these migrations take seconds
 	}
+	extraPluginArgs = nil
 	p := &pair{c: c, env: env, run: harness.NewTestRun(t, env), fig: f}
 	p.run.Logf("case %s: workload %s, %s on %s, source %s, destination %s", c.name, c.workload, c.format, c.bus, c.src, c.dst)
 
@@ -545,6 +576,9 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 			t.Fatal(err)
 		}
 		srcCfg.ExtraArgs = append(srcCfg.ExtraArgs, args...)
+	}
+	if c.excludeBase {
+		extraPluginArgs = []string{"exclude=" + p.image, "exclude=d0"}
 	}
 	c.src.apply(&srcCfg, env)
 	if p.src, err = p.run.StartVM(ctx, srcCfg); err != nil {

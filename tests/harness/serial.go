@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,10 +91,17 @@ func (s *SerialConsole) readLoop() {
 	}
 }
 
+// ansiControl matches terminal control sequences (CSI, with private
+// parameters such as "[=3h").
+var ansiControl = regexp.MustCompile(`\x1b\[[0-9;=?]*[A-Za-z]`)
+
 func (s *SerialConsole) addLine(raw string) {
 	// The guest's tty sends "\r\n"; a NUL or a stray "\r" may lead a line
 	// when the UART was reset, and would break prefix matching.
 	text := strings.TrimRight(raw, "\r\n")
+	// Firmware (OVMF) clears the screen with terminal control sequences
+	// that end up in front of the kernel's first line.
+	text = ansiControl.ReplaceAllString(text, "")
 	text = strings.TrimLeft(text, "\r\x00")
 	at := time.Since(s.attached)
 	s.mu.Lock()

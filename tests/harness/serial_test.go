@@ -79,6 +79,21 @@ func TestSerialWriteLineReachesGuest(t *testing.T) {
 	}
 }
 
+// OVMF leaves terminal control sequences in front of the kernel's first line.
+func TestSerialStripsTerminalControls(t *testing.T) {
+	console, guest, _ := newPipeConsole(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go guest.Write([]byte("\x1b[2J\x1b[01;01H\x1b[=3h\x1b[2J\x1b[01;01Hnasmig: boot\r\n"))
+	line, err := console.WaitLine(ctx, LineBoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line.Text != "nasmig: boot" {
+		t.Errorf("boot line = %q, want the control sequences stripped", line.Text)
+	}
+}
+
 func TestSerialCloseEndsWaits(t *testing.T) {
 	console, guest, _ := newPipeConsole(t)
 	guest.Write([]byte("nasmig: boot\r\npartial line without newline"))
