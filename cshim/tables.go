@@ -8,6 +8,7 @@ import "C"
 
 import (
 	"fmt"
+	"reflect"
 	"sync/atomic"
 	"unsafe"
 
@@ -126,6 +127,28 @@ func AddVerifyFailures(v uint64) {
 func AddFallbacks(v uint64) { statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.fallbacks), v) }
 func SetFetchTime(ns uint64) {
 	atomic.StoreUint64((*uint64)(unsafe.Pointer(&C.nasmig_g.stats.fetch_time_ns)), ns)
+}
+
+// StatNames are the counters of struct nasmig_stats (cshim/nasmig.h, their
+// one home), in order, by their C names.
+func StatNames() []string {
+	t := reflect.TypeOf(Stats{})
+	names := make([]string, t.NumField())
+	for i := range names {
+		names[i] = t.Field(i).Name
+	}
+	return names
+}
+
+// Map returns every counter by its C name: the debug report and the tests
+// read the list from the struct itself, so a new counter cannot be missed.
+func (s *Stats) Map() map[string]uint64 {
+	v := reflect.ValueOf(s).Elem()
+	m := make(map[string]uint64, v.NumField())
+	for i, name := range StatNames() {
+		m[name] = v.Field(i).Uint()
+	}
+	return m
 }
 
 // Field accessors of Stats for Go callers.

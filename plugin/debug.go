@@ -30,12 +30,7 @@ type DebugRAMBlock struct {
 
 func debugReport() DebugReport {
 	st := cshim.StatsSnapshot()
-	r := DebugReport{Stats: map[string]uint64{
-		"mapped_pages": st.MappedPages(), "ref_pages": st.RefPages(), "ref_misses": st.RefMisses(),
-		"ring_drops": st.RingDrops(), "invalidations": st.Invalidations(), "fetched_pages": st.FetchedPages(),
-		"fetch_reads": st.FetchReads(), "verify_failures": st.VerifyFailures(), "fallbacks": st.Fallbacks(),
-		"pending_pages": st.PendingPages(),
-	}}
+	r := DebugReport{Stats: st.Map()}
 	for i := 0; i < cshim.RAMBlockCount(); i++ {
 		fwd := cshim.Forward(i)
 		var mapped uint64

@@ -1,0 +1,64 @@
+package harness
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"nasmig/cshim"
+)
+
+// The disk-refs counters have one home, struct nasmig_stats in
+// cshim/nasmig.h.  QEMU's QAPI type (qemu-patches/0002) and the harness's
+// DiskRefStats must name the same counters: snake_case becomes kebab-case,
+// fetch_time_ns is reported in ms, and ref-bytes-saved is derived from
+// ref_pages.
+func TestDiskRefStatsMatchTheHeader(t *testing.T) {
+	var want []string
+	for _, name := range cshim.StatNames() {
+		name = strings.ReplaceAll(name, "_", "-")
+		if name == "fetch-time-ns" {
+			name = "fetch-time-ms"
+		}
+		want = append(want, name)
+	}
+	want = append(want, "ref-bytes-saved")
+	slices.Sort(want)
+
+	var harness []string
+	rt := reflect.TypeOf(DiskRefStats{})
+	for i := 0; i < rt.NumField(); i++ {
+		harness = append(harness, strings.Split(rt.Field(i).Tag.Get("json"), ",")[0])
+	}
+	slices.Sort(harness)
+	if !slices.Equal(harness, want) {
+		t.Errorf("harness DiskRefStats has %v,\nstruct nasmig_stats gives %v", harness, want)
+	}
+
+	patches, err := filepath.Glob("../../qemu-patches/*.patch")
+	if err != nil || len(patches) == 0 {
+		t.Fatalf("no QEMU patches: %v", err)
+	}
+	var qapi []string
+	def := regexp.MustCompile(`(?s)'struct': 'MigrationDiskRefs',\s*\n\+\s*'data': \{(.*?)\} \}`)
+	key := regexp.MustCompile(`'([a-z-]+)': 'uint64'`)
+	for _, p := range patches {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := def.FindSubmatch(b); m != nil {
+			for _, k := range key.FindAllSubmatch(m[1], -1) {
+				qapi = append(qapi, string(k[1]))
+			}
+		}
+	}
+	slices.Sort(qapi)
+	if !slices.Equal(qapi, want) {
+		t.Errorf("QAPI MigrationDiskRefs in qemu-patches has %v,\nstruct nasmig_stats gives %v", qapi, want)
+	}
+}
