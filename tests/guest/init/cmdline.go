@@ -14,9 +14,10 @@ const (
 	wlMmapWrite      = "mmap-write"
 	wlMemoryHot      = "memory-hot"
 	wlIdle           = "idle"
+	wlReader         = "reader"
 )
 
-var workloadNames = []string{wlPagecacheRead, wlPagecacheWrite, wlMixed, wlMmapWrite, wlMemoryHot, wlIdle}
+var workloadNames = []string{wlPagecacheRead, wlPagecacheWrite, wlMixed, wlMmapWrite, wlMemoryHot, wlIdle, wlReader}
 
 // config is what /init takes from the kernel command line.
 type config struct {

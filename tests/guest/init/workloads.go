@@ -43,6 +43,8 @@ func newWorkload(cfg config) workload {
 		return &mmapWrite{read: pagecacheRead{mib: cfg.mibOr(256)}, seed: cfg.Seed}
 	case wlMemoryHot:
 		return &memoryHot{mib: cfg.mibOr(256)}
+	case wlReader:
+		return &reader{read: pagecacheRead{mib: cfg.mibOr(0)}, seed: cfg.Seed}
 	default:
 		return idle{}
 	}
@@ -51,6 +53,134 @@ func newWorkload(cfg config) workload {
 // needsDisk reports whether a workload cannot run without the data disk.
 func needsDisk(name string) bool {
 	return name != wlIdle && name != wlMemoryHot
+}
+
+// reader fills the page cache like pagecache-read, then keeps reading the
+// data disk for ever, as a database or a scan would while the VM migrates:
+// readerThreads goroutines each read a random 64 KiB chunk of a random file
+// every readerTick, alternating O_DIRECT reads (the disk's data lands in
+// the goroutine's own anonymous buffer, over and over) and buffered reads
+// (page-cache hits, or new page cache), and check that both agree.
+type reader struct {
+	read pagecacheRead
+	seed uint64
+	mu   sync.Mutex
+	ops  int64
+	bad  problemLog
+}
+
+const (
+	readerThreads = 2
+	readerTick    = 10 * time.Millisecond
+	readerChunk   = 64 << 10
+)
+
+func (w *reader) setup() error { return w.read.setup() }
+
+func (w *reader) run() {
+	entries, err := readManifest()
+	if err != nil {
+		w.mu.Lock()
+		w.bad.addf("manifest: %v", err)
+		w.mu.Unlock()
+		return
+	}
+	var wg sync.WaitGroup
+	for t := 0; t < readerThreads; t++ {
+		wg.Add(1)
+		go func(t int) {
+			defer wg.Done()
+			w.loop(entries, rand.New(rand.NewPCG(w.seed, uint64(t)+1)))
+		}(t)
+	}
+	wg.Wait()
+}
+
+func (w *reader) loop(entries []manifestEntry, r *rand.Rand) {
+	// O_DIRECT needs an aligned buffer: a private mapping is page-aligned.
+	direct, err := unix.Mmap(-1, 0, readerChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		w.mu.Lock()
+		w.bad.addf("buffer: %v", err)
+		w.mu.Unlock()
+		return
+	}
+	buffered := make([]byte, readerChunk)
+	tick := time.NewTicker(readerTick)
+	for n := 0; ; n++ {
+		<-tick.C
+		e := entries[r.IntN(len(entries))]
+		p := filepath.Join(dataDir, e.path)
+		if err := w.readBoth(p, r, direct, buffered, n%2 == 0); err != nil {
+			w.mu.Lock()
+			w.bad.addf("%s: %v", e.path, err)
+			w.mu.Unlock()
+		}
+		w.mu.Lock()
+		w.ops++
+		w.mu.Unlock()
+	}
+}
+
+// readBoth reads one random chunk of p with O_DIRECT and buffered, in the
+// order first says, and compares them.
+func (w *reader) readBoth(p string, r *rand.Rand, direct, buffered []byte, directFirst bool) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	chunks := st.Size() / readerChunk
+	if chunks == 0 {
+		return nil
+	}
+	off := r.Int64N(chunks) * readerChunk
+	readDirect := func() error {
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECT, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if n, err := unix.Pread(fd, direct, off); err != nil || n != readerChunk {
+			return fmt.Errorf("O_DIRECT read at %d: %d bytes, %v", off, n, err)
+		}
+		return nil
+	}
+	readBuffered := func() error {
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.ReadAt(buffered, off)
+		return err
+	}
+	first, second := readDirect, readBuffered
+	if !directFirst {
+		first, second = readBuffered, readDirect
+	}
+	if err := first(); err != nil {
+		return err
+	}
+	if err := second(); err != nil {
+		return err
+	}
+	if !bytes.Equal(direct, buffered) {
+		return fmt.Errorf("O_DIRECT and buffered reads at %d differ at byte %d", off, firstDiff(direct, buffered))
+	}
+	return nil
+}
+
+func (w *reader) verify(r *report) {
+	w.read.verify(r)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.bad.report(r, "reader")
+}
+
+func (w *reader) status() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return fmt.Sprintf("reads=%d", w.ops)
 }
 
 // ---- files of the data disk ----
