@@ -371,6 +371,22 @@ func cases() []e2eCase {
 			},
 		}),
 		nasmigBothSides(e2eCase{
+			// Two readers keep reading the disk (O_DIRECT into their own
+			// buffers, and buffered) through the whole migration: every
+			// read re-maps pages, and the switchover hold must still end.
+			name: "27-continuous-reader", workload: "reader", settle: 3,
+			check: func(t *testing.T, o outcome) {
+				requireRefs(t, o)
+				t.Logf("continuous reader: %d references, %d fetched, %d superseded or recovered (fallbacks %d), ref-misses %d",
+					o.src.RefPages, o.dst.FetchedPages, o.src.RefPages-o.dst.FetchedPages, o.dst.Fallbacks, o.src.RefMisses)
+			},
+		}),
+		{
+			// The same guest migrated by stock QEMU: the time to compare
+			// with (the summary prints both).
+			name: "27b-continuous-reader-stock", workload: "reader", settle: 3,
+		},
+		nasmigBothSides(e2eCase{
 			// The firmware is read from its pflash image through the block
 			// layer into guest RAM; it is not shared storage and must
 			// never make the destination refuse.
