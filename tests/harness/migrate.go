@@ -30,6 +30,9 @@ type MigrateOpts struct {
 	Timeout time.Duration
 	// PollInterval is how often query-migrate is polled (default 100 ms).
 	PollInterval time.Duration
+	// StartPostcopyAfter, when set (with capability postcopy-ram), switches
+	// the migration to postcopy this long after it started.
+	StartPostcopyAfter time.Duration
 }
 
 // MigrationStats is query-migrate's "ram" object.
@@ -142,6 +145,16 @@ func Migrate(ctx context.Context, src, dst *VM, opts MigrateOpts) (*MigrationRes
 		return nil, fmt.Errorf("vm %s: %w", src.Config.Name, err)
 	}
 
+	if opts.StartPostcopyAfter > 0 {
+		select {
+		case <-time.After(opts.StartPostcopyAfter):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if _, err := src.QMP.Execute(ctx, "migrate-start-postcopy", nil); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", src.Config.Name, err)
+		}
+	}
 	result := &MigrationResult{URI: uri}
 	var err error
 	if result.Source, err = pollMigration(ctx, src, poll); err != nil {

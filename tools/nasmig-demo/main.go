@@ -10,10 +10,17 @@
 // NASMIG_OUT, NASMIG_GUEST, NASMIG_QEMU_DATADIRS, NASMIG_ACCEL, NASMIG_KEEP.
 //
 //	nasmig-demo [-mem MiB] [-mib MiB] [-max-bandwidth bytes/s] [-verify] [-json]
+//	            [-modes stock,nasmig,...] [-runs N] [-out DIR]
+//
+// With -modes and -runs it is the migration benchmark (./build.sh
+// bench-migration): every stock QEMU mode and nasmig, N runs each, medians
+// and ratios to stock pre-copy measured in the same run, written as
+// Markdown and CSV to -out.
 package main
 
 import (
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -21,6 +28,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,9 +37,42 @@ import (
 	"nasmig/tests/harness"
 )
 
+// mode is one way to migrate: plugin arguments, capabilities, parameters.
+type mode struct {
+	Name       string
+	PluginArgs []string // libnasmig.so's arguments on both sides
+	Caps       map[string]bool
+	Params     map[string]any
+	// Postcopy: switch to postcopy this long after the migration started.
+	Postcopy time.Duration
+}
+
+// modes are the ways -modes can name; stock ones load the library with
+// enable=off, which is stock QEMU behaviour.
+var modes = []mode{
+	{Name: "stock", PluginArgs: []string{"enable=off"}},
+	{Name: "multifd-zstd", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"multifd": true},
+		Params: map[string]any{"multifd-channels": 2, "multifd-compression": "zstd"}},
+	{Name: "xbzrle", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"xbzrle": true}},
+	{Name: "postcopy", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"postcopy-ram": true}, Postcopy: 2 * time.Second},
+	{Name: "nasmig", PluginArgs: []string{"log=info"}},
+	{Name: "nasmig-multifd-zstd", PluginArgs: []string{"log=info"}, Caps: map[string]bool{"multifd": true},
+		Params: map[string]any{"multifd-channels": 2, "multifd-compression": "zstd"}},
+}
+
+func modeByName(name string) (mode, bool) {
+	for _, m := range modes {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return mode{}, false
+}
+
 // row is one migration's figures.
 type row struct {
-	Mode             string `json:"mode"` // "nasmig off" or "nasmig on"
+	Mode             string `json:"mode"` // a name of modes
+	Run              int    `json:"run"`
 	GuestRAMMiB      int    `json:"guest_ram_mib"`
 	RequestedMiB     int    `json:"requested_page_cache_mib"` // nasmig.mib
 	PageCacheMiB     int    `json:"page_cache_mib"`           // cached-mib of the ready line
@@ -53,6 +95,9 @@ type options struct {
 	maxBandwidth int64
 	verify       bool
 	json         bool
+	modes        []mode
+	runs         int
+	out          string
 }
 
 func main() {
@@ -62,6 +107,9 @@ func main() {
 	flag.Int64Var(&o.maxBandwidth, "max-bandwidth", 0, "migration max-bandwidth in bytes/s (0: unlimited)")
 	flag.BoolVar(&o.verify, "verify", false, "after each migration, let the guest check its files on the destination (slow under TCG: ~34 MiB/s)")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON on stdout (progress goes to stderr)")
+	modeList := flag.String("modes", "stock,nasmig", "comma-separated modes: "+modeNames())
+	flag.IntVar(&o.runs, "runs", 1, "migrations per mode (figures are medians)")
+	flag.StringVar(&o.out, "out", "", "folder for results.md and results.csv (none: print only)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: nasmig-demo [flags]\n\n"+
 			"Migrates a guest whose page cache holds nasmig.mib MiB of the shared disk twice,\n"+
@@ -73,9 +121,17 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if o.memMiB <= 0 || o.mib <= 0 || o.maxBandwidth < 0 {
-		fmt.Fprintln(os.Stderr, "nasmig-demo: -mem and -mib must be > 0, -max-bandwidth >= 0")
+	if o.memMiB <= 0 || o.mib <= 0 || o.maxBandwidth < 0 || o.runs <= 0 {
+		fmt.Fprintln(os.Stderr, "nasmig-demo: -mem, -mib and -runs must be > 0, -max-bandwidth >= 0")
 		os.Exit(2)
+	}
+	for _, name := range strings.Split(*modeList, ",") {
+		m, ok := modeByName(strings.TrimSpace(name))
+		if !ok {
+			fmt.Fprintf(os.Stderr, "nasmig-demo: unknown mode %q (known: %s)\n", name, modeNames())
+			os.Exit(2)
+		}
+		o.modes = append(o.modes, m)
 	}
 	say := io.Writer(os.Stdout)
 	if o.json {
@@ -89,8 +145,16 @@ func main() {
 			fmt.Fprintln(os.Stderr, "nasmig-demo:", encErr)
 			os.Exit(1)
 		}
-	} else if len(rows) > 0 {
+	} else if len(rows) > 0 && o.runs == 1 && len(o.modes) == 2 {
 		printTable(os.Stdout, rows)
+	} else if len(rows) > 0 {
+		printSummary(os.Stdout, o, rows)
+	}
+	if o.out != "" && len(rows) > 0 {
+		if werr := writeResults(o, rows); werr != nil {
+			fmt.Fprintln(os.Stderr, "nasmig-demo:", werr)
+			os.Exit(1)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "nasmig-demo:", err)
@@ -137,18 +201,25 @@ func demo(o options, say io.Writer) ([]row, error) {
 
 	var rows []row
 	var failures []string
-	for i, on := range []bool{false, true} {
-		mode := "nasmig off"
-		if on {
-			mode = "nasmig on"
-		}
-		step("migration %d of 2: %s", i+1, mode)
-		r := migrateOnce(ctx, env, accel.Accel, o, on, step)
-		rows = append(rows, r)
-		if r.Error != "" {
-			failures = append(failures, mode+": "+r.Error)
-		} else if !r.RAMMatch {
-			failures = append(failures, mode+": guest RAM differs after migration")
+	total := len(o.modes) * o.runs
+	started := time.Now()
+	for run := 1; run <= o.runs; run++ {
+		for _, m := range o.modes {
+			n := len(rows) + 1
+			eta := "?"
+			if n > 1 {
+				eta = (time.Since(started) / time.Duration(n-1) * time.Duration(total-n+1)).Round(time.Second).String()
+			}
+			step("migration %d of %d: %s, run %d of %d (elapsed %s, ETA %s)", n, total, m.Name, run, o.runs,
+				time.Since(started).Round(time.Second), eta)
+			r := migrateOnce(ctx, env, accel.Accel, o, m, step)
+			r.Run = run
+			rows = append(rows, r)
+			if r.Error != "" {
+				failures = append(failures, m.Name+": "+r.Error)
+			} else if !r.RAMMatch {
+				failures = append(failures, m.Name+": guest RAM differs after migration")
+			}
 		}
 	}
 	if len(failures) > 0 {
@@ -159,18 +230,10 @@ func demo(o options, say io.Writer) ([]row, error) {
 
 // migrateOnce boots the guest on shared storage, migrates it and compares
 // RAM. Errors end up in the row.
-func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, nasmig bool, step func(string, ...any)) (r row) {
-	r = row{Mode: "nasmig off", GuestRAMMiB: o.memMiB, RequestedMiB: o.mib}
-	pluginArgs := []string{"enable=off"}
-	if nasmig {
-		r.Mode = "nasmig on"
-		pluginArgs = []string{"log=info"} // auto=on: x-disk-refs and return-path on
-	}
-	name := "demo-nasmig-off"
-	if nasmig {
-		name = "demo-nasmig-on"
-	}
-	run, err := harness.NewRun(name, env.Keep, prefixWriter{os.Stderr, "    "})
+func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, m mode, step func(string, ...any)) (r row) {
+	r = row{Mode: m.Name, GuestRAMMiB: o.memMiB, RequestedMiB: o.mib}
+	pluginArgs := m.PluginArgs
+	run, err := harness.NewRun("demo-"+m.Name, env.Keep, prefixWriter{os.Stderr, "    "})
 	if err != nil {
 		r.Error = err.Error()
 		return r
@@ -246,9 +309,15 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 	}
 
 	step("migrating over a unix socket (max-bandwidth %d; 0 = unlimited)", o.maxBandwidth)
+	params := map[string]any{"max-bandwidth": o.maxBandwidth}
+	for k, v := range m.Params {
+		params[k] = v
+	}
 	result, err := harness.Migrate(ctx, src, dst, harness.MigrateOpts{
-		Params:  map[string]any{"max-bandwidth": o.maxBandwidth},
-		Timeout: 20 * time.Minute,
+		Caps:               m.Caps,
+		Params:             params,
+		Timeout:            20 * time.Minute,
+		StartPostcopyAfter: m.Postcopy,
 	})
 	if result != nil {
 		if saveErr := run.SaveJSON("migration.json", result); saveErr != nil {
@@ -421,6 +490,100 @@ func printTable(w io.Writer, rows []row) {
 			fmt.Fprintf(w, "%s: %s\n", r.Mode, r.RAMDiff)
 		}
 	}
+}
+
+func modeNames() string {
+	var names []string
+	for _, m := range modes {
+		names = append(names, m.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// median of the figure over the runs of one mode that completed with
+// identical RAM.
+func median(rows []row, mode string, figure func(row) int64) (int64, int) {
+	var v []int64
+	for _, r := range rows {
+		if r.Mode == mode && r.Error == "" && r.RAMMatch {
+			v = append(v, figure(r))
+		}
+	}
+	if len(v) == 0 {
+		return 0, 0
+	}
+	slices.Sort(v)
+	return v[len(v)/2], len(v)
+}
+
+// summaryTable is the benchmark's Markdown table: medians per mode and
+// ratios to stock pre-copy of the same run.
+func summaryTable(o options, rows []row) string {
+	var b strings.Builder
+	baseTime, _ := median(rows, "stock", func(r row) int64 { return r.TotalTimeMs })
+	baseBytes, _ := median(rows, "stock", func(r row) int64 { return r.TransferredBytes })
+	fmt.Fprintf(&b, "| mode | runs ok | total ms | vs stock | downtime ms | MiB on the link | vs stock | references | fetched |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
+	ratio := func(v, base int64) string {
+		if base == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", float64(v)/float64(base))
+	}
+	for _, m := range o.modes {
+		t, n := median(rows, m.Name, func(r row) int64 { return r.TotalTimeMs })
+		d, _ := median(rows, m.Name, func(r row) int64 { return r.DowntimeMs })
+		by, _ := median(rows, m.Name, func(r row) int64 { return r.TransferredBytes })
+		refs, _ := median(rows, m.Name, func(r row) int64 { return r.RefPages })
+		fetched, _ := median(rows, m.Name, func(r row) int64 { return r.FetchedPages })
+		fmt.Fprintf(&b, "| %s | %d of %d | %d | %s | %d | %.1f | %s | %d | %d |\n", m.Name, n, o.runs, t, ratio(t, baseTime), d,
+			float64(by)/(1<<20), ratio(by, baseBytes), refs, fetched)
+	}
+	return b.String()
+}
+
+func printSummary(w io.Writer, o options, rows []row) {
+	bw := "unlimited"
+	if o.maxBandwidth > 0 {
+		bw = fmt.Sprintf("%d bytes/s", o.maxBandwidth)
+	}
+	fmt.Fprintf(w, "\nmedians of %d runs; guest %d MiB RAM, page cache %d MiB requested; max-bandwidth %s; RAM compared byte for byte after every run\n\n",
+		o.runs, o.memMiB, o.mib, bw)
+	fmt.Fprint(w, summaryTable(o, rows))
+	for _, r := range rows {
+		if r.Error != "" {
+			fmt.Fprintf(w, "%s run %d: ERROR %s (logs in %s)\n", r.Mode, r.Run, r.Error, r.RunDir)
+		}
+	}
+}
+
+// writeResults writes results.md (the summary) and results.csv (every run).
+func writeResults(o options, rows []row) error {
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	var md strings.Builder
+	printSummary(&md, o, rows)
+	if err := os.WriteFile(filepath.Join(o.out, "results.md"), []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(o.out, "results.csv"))
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	w.Write([]string{"mode", "run", "status", "total_ms", "downtime_ms", "transferred_bytes", "ref_pages", "fetched_pages", "page_cache_mib", "ram_match", "error"})
+	for _, r := range rows {
+		w.Write([]string{r.Mode, strconv.Itoa(r.Run), r.Status, strconv.FormatInt(r.TotalTimeMs, 10), strconv.FormatInt(r.DowntimeMs, 10),
+			strconv.FormatInt(r.TransferredBytes, 10), strconv.FormatInt(r.RefPages, 10), strconv.FormatInt(r.FetchedPages, 10),
+			strconv.Itoa(r.PageCacheMiB), strconv.FormatBool(r.RAMMatch), r.Error})
+	}
+	w.Flush()
+	if err := w.Error(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func humanBytes(n int64) string {
