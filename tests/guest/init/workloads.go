@@ -60,7 +60,10 @@ func needsDisk(name string) bool {
 // readerThreads goroutines each read a random 64 KiB chunk of a random file
 // every readerTick, alternating O_DIRECT reads (the disk's data lands in
 // the goroutine's own anonymous buffer, over and over) and buffered reads
-// (page-cache hits, or new page cache), and check that both agree.
+// (page-cache hits, or new page cache), and check that both agree.  A third
+// goroutine reads with O_DIRECT into a buffer that a fourth keeps writing to
+// at the same time (a DMA buffer also written by a CPU): the page's content
+// after the read is not the disk block's.
 type reader struct {
 	read pagecacheRead
 	seed uint64
@@ -86,6 +89,11 @@ func (w *reader) run() {
 		return
 	}
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.race(entries, rand.New(rand.NewPCG(w.seed, 99)))
+	}()
 	for t := 0; t < readerThreads; t++ {
 		wg.Add(1)
 		go func(t int) {
@@ -119,6 +127,42 @@ func (w *reader) loop(entries []manifestEntry, r *rand.Rand) {
 		w.mu.Lock()
 		w.ops++
 		w.mu.Unlock()
+	}
+}
+
+// race reads with O_DIRECT into a buffer that another goroutine stamps
+// without pause.
+func (w *reader) race(entries []manifestEntry, r *rand.Rand) {
+	buf, err := unix.Mmap(-1, 0, readerChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		w.mu.Lock()
+		w.bad.addf("race buffer: %v", err)
+		w.mu.Unlock()
+		return
+	}
+	go func() {
+		for n := uint64(0); ; n++ {
+			for off := 0; off < len(buf); off += 4096 {
+				buf[off+int(n%4096)] = byte(n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	tick := time.NewTicker(readerTick)
+	for {
+		<-tick.C
+		e := entries[r.IntN(len(entries))]
+		p := filepath.Join(dataDir, e.path)
+		st, err := os.Stat(p)
+		if err != nil || st.Size() < readerChunk {
+			continue
+		}
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECT, 0)
+		if err != nil {
+			continue
+		}
+		unix.Pread(fd, buf, r.Int64N(st.Size()/readerChunk)*readerChunk)
+		unix.Close(fd)
 	}
 }
 
