@@ -182,6 +182,20 @@ func RefQuery(rb uint32, ramOffset uint64, host unsafe.Pointer) ([RefWireSize]by
 	return wire, ok
 }
 
+// RefReceived is the loader's call for a reference record (host: the
+// page's C memory).  Returns 0, -EAGAIN or -EINVAL like the ABI.
+func RefReceived(rb uint32, ramOffset uint64, host unsafe.Pointer, wire []byte) int {
+	return int(C.nasmig_lib_ref_received(C.uint32_t(rb), C.uint64_t(ramOffset), host, (*C.uint8_t)(unsafe.Pointer(&wire[0]))))
+}
+
+// BeforePageWrite is the loader's call before it writes a page itself.
+func BeforePageWrite(rb uint32, ramOffset uint64, waitFill bool) int {
+	return int(C.nasmig_lib_before_page_write(C.uint32_t(rb), C.uint64_t(ramOffset), cbool(waitFill)))
+}
+
+// DestFinish is the loader's call once the stream is complete.
+func DestFinish() int { return int(C.nasmig_lib_dest_finish()) }
+
 // MapOffers is the lookup half of RefQuery (no hash).
 func MapOffers(rb uint32, ramOffset uint64) bool {
 	return C.nasmig_map_offers(C.uint32_t(rb), C.uint64_t(ramOffset)) != 0

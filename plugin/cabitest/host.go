@@ -7,6 +7,8 @@ package cabitest
 extern struct nasmig_host cabi_host;
 uint64_t cabi_kicks(void);
 uint64_t cabi_logs(void);
+void cabi_set_disk(const uint8_t *img, uint64_t len);
+size_t cabi_msg(unsigned i, uint8_t *out);
 */
 import "C"
 
@@ -44,6 +46,25 @@ func SetMarkDirty(f MarkDirtyFunc) {
 		return
 	}
 	markDirty.Store(&f)
+}
+
+// SetDisk makes img (C memory, e.g. from cshimtest.CMem) the host's disk 0
+// for read_disk.
+func SetDisk(img []byte) {
+	C.cabi_set_disk((*C.uint8_t)(unsafe.Pointer(&img[0])), C.uint64_t(len(img)))
+}
+
+// Messages returns what the library sent to the source so far.
+func Messages() [][]byte {
+	var out [][]byte
+	buf := make([]byte, cshim.RPMaxBytes)
+	for i := 0; ; i++ {
+		n := C.cabi_msg(C.uint(i), (*C.uint8_t)(unsafe.Pointer(&buf[0])))
+		if n == 0 {
+			return out
+		}
+		out = append(out, append([]byte(nil), buf[:n]...))
+	}
 }
 
 // Kicks and Logs count the host's kick and log calls.

@@ -1,0 +1,113 @@
+package cabitest_test
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/rs/zerolog"
+
+	"nasmig/cshim"
+	"nasmig/cshim/cshimtest"
+	"nasmig/plugin/cabitest"
+	"nasmig/plugin/fetch"
+	"nasmig/plugin/p2b"
+	"nasmig/plugin/wire"
+)
+
+// The destination's side of a live migration, driven through the ABI as
+// QEMU's loader drives it, with a host whose read_disk reads a disk image
+// in memory: references whose block verifies fill their page and enter this
+// side's map (the next hop sends them again); one whose block does not
+// verify is asked from the source in full (NASMIG_RP_RESEND), and the full
+// page that follows recovers it (fallbacks).
+func TestDestinationFillsMapsAndAsksForFailedPages(t *testing.T) {
+	const npages = 8
+	const bad = 5 // the page whose reference carries the wrong hash
+	cabitest.InstallHost(nil)
+	rb := cshim.RAMBlockAdd("fallback-ram", npages*cshim.PageSize)
+	track := cshim.DiskAdd("fallback-disk", "/shared/fallback.raw", npages*cshim.PageSize)
+	if rb < 0 || track < 0 {
+		t.Fatalf("registration: ram block %d, disk %d", rb, track)
+	}
+	ram := cshimtest.CMem(t, npages*cshim.PageSize)
+	disk := cshimtest.CMem(t, npages*cshim.PageSize)
+	cshimtest.FillRandom(rand.New(rand.NewPCG(7, 7)), disk)
+	cabitest.SetDisk(disk)
+
+	cshim.SetMigKey(cshim.ExpandKey([32]byte{'m', 'i', 'g'}))
+	cshim.DestReset()
+	cshim.StatsReset()
+	cshim.SetDestDisk(0, 0, npages*cshim.PageSize, track)
+	m := p2b.New()
+	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return "/shared/fallback.raw" }, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	cshim.SetDestOn(true)
+	defer cshim.SetDestOn(false)
+
+	for p := uint64(0); p < npages; p++ {
+		block := disk[p*cshim.PageSize : (p+1)*cshim.PageSize]
+		h := cshim.HashPageMig(block)
+		if p == bad {
+			h[1] ^= 1 // the block changed after the source hashed its page
+		}
+		rec := wire.EncodeRef(wire.Ref{Disk: 0, Offset: p * cshim.PageSize, Hash: h})
+		if rc := cshim.RefReceived(uint32(rb), p*cshim.PageSize, unsafe.Pointer(&ram[p*cshim.PageSize]), rec); rc != 0 {
+			t.Fatalf("page %d: ref_received %d", p, rc)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := cshim.StatsSnapshot()
+		if st.FetchedPages() == npages-1 && len(cabitest.Messages()) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: fetched %d of %d, messages %d", st.FetchedPages(), npages-1, len(cabitest.Messages()))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for p := uint64(0); p < npages; p++ {
+		got, want := ram[p*cshim.PageSize:(p+1)*cshim.PageSize], disk[p*cshim.PageSize:(p+1)*cshim.PageSize]
+		if filled := string(got) == string(want); filled != (p != bad) {
+			t.Errorf("page %d: filled %v, want %v", p, filled, p != bad)
+		}
+	}
+	msg, err := wire.DecodeSourceMsg(cabitest.Messages()[0])
+	want := wire.SourceMsg{Kind: cshim.RPResend, Disk: 0, DiskOffset: bad * cshim.PageSize, RAMOffset: bad * cshim.PageSize, RAMBlock: "fallback-ram"}
+	if err != nil || msg != want {
+		t.Fatalf("message to the source: %+v (%v), want %+v", msg, err, want)
+	}
+	if st := cshim.StatsSnapshot(); st.PendingPages() != 1 || st.VerifyFailures() != 1 {
+		t.Fatalf("pending %d, verify failures %d: want 1 and 1", st.PendingPages(), st.VerifyFailures())
+	}
+
+	// The source's full page arrives: QEMU's loader asks before writing it.
+	if rc := cshim.BeforePageWrite(uint32(rb), bad*cshim.PageSize, false); rc != 0 {
+		t.Fatalf("before_page_write: %d", rc)
+	}
+	if st := cshim.StatsSnapshot(); st.PendingPages() != 0 || st.Fallbacks() != 1 {
+		t.Fatalf("after the full page: pending %d, fallbacks %d; want 0 and 1", st.PendingPages(), st.Fallbacks())
+	}
+	for cshim.DestFinish() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("dest_finish did not complete")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// The filled pages are this side's map now, under its own tracking key.
+	m.Sync()
+	for p := uint64(0); p < npages; p++ {
+		if offers := cshim.MapOffers(uint32(rb), p*cshim.PageSize); offers != (p != bad) {
+			t.Errorf("page %d: map offers %v, want %v", p, offers, p != bad)
+		}
+	}
+	if _, ok := cshim.RefQuery(uint32(rb), 0, unsafe.Pointer(&ram[0])); !ok {
+		t.Errorf("a filled page is not offered as a reference for the next hop")
+	}
+}
