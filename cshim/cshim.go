@@ -38,6 +38,10 @@ const (
 	RPDiskOff        = C.NASMIG_RP_DISK_OFF
 	RPMaxBytes       = C.NASMIG_RP_MAX_BYTES
 	DestDiskRefused  = C.NASMIG_DEST_DISK_REFUSED
+	FinishReqBarrier = C.NASMIG_FINISH_REQ_BARRIER
+	FinishReqFinish  = C.NASMIG_FINISH_REQ_FINISH
+	FinishOK         = C.NASMIG_FINISH_OK
+	FinishFailed     = C.NASMIG_FINISH_FAILED
 	HashSize         = C.NASMIG_HASH_SIZE
 	SectionName      = C.NASMIG_SECTION_NAME
 	SectionVersion   = C.NASMIG_SECTION_VERSION

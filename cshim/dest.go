@@ -106,17 +106,17 @@ func SetSleeping() {
 	atomic.StoreInt32((*int32)(unsafe.Pointer(&C.nasmig_g.go_sleeping)), 1)
 }
 
-// FinishRequest returns the barrier (1) and finish (2) request bits.
+// FinishRequest returns the FinishReqBarrier and FinishReqFinish bits.
 func FinishRequest() int32 {
 	return atomic.LoadInt32((*int32)(unsafe.Pointer(&C.nasmig_g.finish_req)))
 }
 
 // ClearBarrierRequest clears the barrier bit once the barrier is handled.
 func ClearBarrierRequest() {
-	atomic.AndInt32((*int32)(unsafe.Pointer(&C.nasmig_g.finish_req)), ^int32(1))
+	atomic.AndInt32((*int32)(unsafe.Pointer(&C.nasmig_g.finish_req)), ^int32(FinishReqBarrier))
 }
 
-// SetFinishState publishes the outcome of dest_finish: 1 ok, 2 failed.
+// SetFinishState publishes the outcome of dest_finish: FinishOK or FinishFailed.
 func SetFinishState(s int32) {
 	atomic.StoreInt32((*int32)(unsafe.Pointer(&C.nasmig_g.finish_state)), s)
 }

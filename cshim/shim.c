@@ -672,7 +672,7 @@ int nasmig_lib_ref_query(uint32_t ramblock, uint64_t ram_offset,
     }
     /* The dirty bit is clear now: a later guest write shows up next round. */
     nasmig_hash_page(&nasmig_g.key, host, h);
-    if (nasmig_h16(h[0]) != ((fwd >> NASMIG_FWD_H16_SHIFT) & 0xffff) ||
+    if (nasmig_h16(h[0]) != ((fwd >> NASMIG_FWD_H16_SHIFT) & NASMIG_FWD_H16_MASK) ||
         nasmig_h24(h[0]) != (rev >> NASMIG_REV_H24_SHIFT)) {
         STAT_ADD(ref_misses, 1);
         return 0;
@@ -834,18 +834,18 @@ int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
     }
     for (;;) {
         old = LOAD_ACQ(&st[page]);
-        if ((old & 3) == NASMIG_FILL_BUSY) {
+        if (nasmig_fill_state(old) == NASMIG_FILL_BUSY) {
             cpu_relax();
             continue;
         }
-        gen = (old >> 2) + 1;
+        gen = nasmig_fill_gen(old) + 1;
         if (__atomic_compare_exchange_n(&st[page], &old,
-                                        (gen << 2) | NASMIG_FILL_PENDING, 0,
+                                        nasmig_fill_word(gen, NASMIG_FILL_PENDING), 0,
                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             break;
         }
     }
-    if ((old & 3) == NASMIG_FILL_IDLE) {
+    if (nasmig_fill_state(old) == NASMIG_FILL_IDLE) {
         STAT_ADD(pending_pages, 1);
     }
     if (!nasmig_g.first_ref_ns) {
@@ -881,7 +881,7 @@ int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
     }
     for (;;) {
         old = LOAD_ACQ(&st[page]);
-        switch (old & 3) {
+        switch (nasmig_fill_state(old)) {
         case NASMIG_FILL_IDLE:
             return 0;
         case NASMIG_FILL_BUSY:
@@ -890,17 +890,19 @@ int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
         default:
             if (wait_fill) {
                 /* Ask the worker to settle failed pages now, not at the end. */
-                __atomic_or_fetch(&nasmig_g.finish_req, 1, __ATOMIC_SEQ_CST);
+                __atomic_or_fetch(&nasmig_g.finish_req,
+                                  NASMIG_FINISH_REQ_BARRIER, __ATOMIC_SEQ_CST);
                 wake_go();
                 return -EAGAIN;
             }
             if (__atomic_compare_exchange_n(&st[page], &old,
-                                            (((old >> 2) + 1) << 2) |
-                                            NASMIG_FILL_IDLE, 0,
+                                            nasmig_fill_word(
+                                                nasmig_fill_gen(old) + 1,
+                                                NASMIG_FILL_IDLE), 0,
                                             __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
                 SUB(&nasmig_g.stats.pending_pages, 1);
-                if ((old & 3) == NASMIG_FILL_FAILED) {
+                if (nasmig_fill_state(old) == NASMIG_FILL_FAILED) {
                     /* A failed reference recovered: the page came in full. */
                     STAT_ADD(fallbacks, 1);
                 }
@@ -960,17 +962,20 @@ void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
         results[i] = NASMIG_SUPERSEDED;
         for (;;) {
             old = LOAD_ACQ(&st[r->page]);
-            if ((old >> 2) != r->gen || ((old & 3) != NASMIG_FILL_PENDING &&
-                                         (old & 3) != NASMIG_FILL_FAILED)) {
+            if (nasmig_fill_gen(old) != r->gen ||
+                (nasmig_fill_state(old) != NASMIG_FILL_PENDING &&
+                 nasmig_fill_state(old) != NASMIG_FILL_FAILED)) {
                 break;
             }
             if (__atomic_compare_exchange_n(&st[r->page], &old,
-                                            (r->gen << 2) | NASMIG_FILL_BUSY,
+                                            nasmig_fill_word(r->gen,
+                                                             NASMIG_FILL_BUSY),
                                             0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
                 memcpy(r->host, bufs[i], NASMIG_PAGE_SIZE);
                 dest_map_filled(r, bufs[i]);
-                STORE_REL(&st[r->page], (r->gen << 2) | NASMIG_FILL_IDLE);
+                STORE_REL(&st[r->page],
+                          nasmig_fill_word(r->gen, NASMIG_FILL_IDLE));
                 SUB(&nasmig_g.stats.pending_pages, 1);
                 STAT_ADD(fetched_pages, 1);
                 results[i] = NASMIG_FILLED;
@@ -984,22 +989,24 @@ void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
 int nasmig_fail_page(const struct nasmig_fetch_req *r)
 {
     uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
-    uint32_t old = (r->gen << 2) | NASMIG_FILL_PENDING;
+    uint32_t old = nasmig_fill_word(r->gen, NASMIG_FILL_PENDING);
 
     return __atomic_compare_exchange_n(&st[r->page], &old,
-                                       (r->gen << 2) | NASMIG_FILL_FAILED, 0,
+                                       nasmig_fill_word(r->gen,
+                                                        NASMIG_FILL_FAILED), 0,
                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) ||
-           old == ((r->gen << 2) | NASMIG_FILL_FAILED);
+           old == nasmig_fill_word(r->gen, NASMIG_FILL_FAILED);
 }
 
 /* Gives up on a failed page (the migration fails): stops waiting for it. */
 void nasmig_abandon_page(const struct nasmig_fetch_req *r)
 {
     uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
-    uint32_t old = (r->gen << 2) | NASMIG_FILL_FAILED;
+    uint32_t old = nasmig_fill_word(r->gen, NASMIG_FILL_FAILED);
 
     if (__atomic_compare_exchange_n(&st[r->page], &old,
-                                    (r->gen << 2) | NASMIG_FILL_IDLE, 0,
+                                    nasmig_fill_word(r->gen, NASMIG_FILL_IDLE),
+                                    0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         SUB(&nasmig_g.stats.pending_pages, 1);
     }
@@ -1015,7 +1022,8 @@ int nasmig_lib_dest_barrier(void)
     if (!LOAD_ACQ(&nasmig_g.stats.pending_pages)) {
         return 0;
     }
-    __atomic_or_fetch(&nasmig_g.finish_req, 1, __ATOMIC_SEQ_CST);
+    __atomic_or_fetch(&nasmig_g.finish_req, NASMIG_FINISH_REQ_BARRIER,
+                      __ATOMIC_SEQ_CST);
     wake_go();
     return -EAGAIN;
 }
@@ -1024,13 +1032,14 @@ int nasmig_lib_dest_finish(void)
 {
     int state;
 
-    __atomic_or_fetch(&nasmig_g.finish_req, 2, __ATOMIC_SEQ_CST);
+    __atomic_or_fetch(&nasmig_g.finish_req, NASMIG_FINISH_REQ_FINISH,
+                      __ATOMIC_SEQ_CST);
     wake_go();
     state = LOAD_ACQ(&nasmig_g.finish_state);
-    if (state == 0) {
+    if (state == NASMIG_FINISH_WORKING) {
         return -EAGAIN;
     }
-    return state == 1 ? 0 : -EIO;
+    return state == NASMIG_FINISH_OK ? 0 : -EIO;
 }
 
 void nasmig_lib_stats(struct nasmig_stats *out)
@@ -1126,10 +1135,12 @@ int nasmig_shim_init(unsigned ring_slots)
     nasmig_g.wake_fd = -1;
     ret = ring_init(&track_ring, ring_slots, sizeof(struct nasmig_rec));
     if (!ret) {
-        ret = ring_init(&req_ring, 1u << 16, sizeof(struct nasmig_fetch_req));
+        ret = ring_init(&req_ring, NASMIG_REQ_RING_SLOTS,
+                        sizeof(struct nasmig_fetch_req));
     }
     if (!ret) {
-        ret = ring_init(&done_ring, 1u << 10, sizeof(struct nasmig_fetch_done));
+        ret = ring_init(&done_ring, NASMIG_DONE_RING_SLOTS,
+                        sizeof(struct nasmig_fetch_done));
     }
     return ret;
 }
@@ -1144,7 +1155,7 @@ void nasmig_dest_reset(void)
         nasmig_g.dest_track_map[i] = -1;
     }
     nasmig_g.finish_req = 0;
-    nasmig_g.finish_state = 0;
+    nasmig_g.finish_state = NASMIG_FINISH_WORKING;
     nasmig_g.first_ref_ns = 0;
 }
 

@@ -84,6 +84,36 @@ struct nasmig_rec {
 
 /* ---- destination ---- */
 /* dest_state word: 31..2 generation | 1..0 state */
+#define NASMIG_FILL_STATE_BITS 2
+#define NASMIG_FILL_STATE_MASK ((1u << NASMIG_FILL_STATE_BITS) - 1)
+static inline uint32_t nasmig_fill_word(uint32_t gen, uint32_t state)
+{
+    return (gen << NASMIG_FILL_STATE_BITS) | state;
+}
+static inline uint32_t nasmig_fill_gen(uint32_t w)
+{
+    return w >> NASMIG_FILL_STATE_BITS;
+}
+static inline uint32_t nasmig_fill_state(uint32_t w)
+{
+    return w & NASMIG_FILL_STATE_MASK;
+}
+
+/* finish_req bits (QEMU asks, the Go fetcher answers) */
+#define NASMIG_FINISH_REQ_BARRIER 1u /* settle failed pages now, kick QEMU */
+#define NASMIG_FINISH_REQ_FINISH 2u  /* the stream is complete: finish */
+/* finish_state values (the Go fetcher's answer to FINISH) */
+enum nasmig_finish_state {
+    NASMIG_FINISH_WORKING = 0,
+    NASMIG_FINISH_OK = 1,
+    NASMIG_FINISH_FAILED = 2,
+};
+
+/* Ring sizes of the destination (requests, completed reads). */
+#define NASMIG_REQ_RING_SLOTS (1u << 16)
+#define NASMIG_DONE_RING_SLOTS (1u << 10)
+/* Width of the forward word's hash filter (nasmig_h16). */
+#define NASMIG_FWD_H16_MASK 0xffffull
 enum nasmig_fill_state {
     NASMIG_FILL_IDLE = 0,
     NASMIG_FILL_PENDING = 1, /* reference queued, fill not done */
@@ -136,8 +166,8 @@ struct nasmig_shared {
     int dest_track_map[NASMIG_MAX_DISKS];
     /* source: the destination cannot read these disks (this migration) */
     int disk_off[NASMIG_MAX_DISKS];
-    int finish_req;     /* 1 barrier, 2 finish */
-    int finish_state;   /* 0 working, 1 done ok, 2 done with error */
+    int finish_req;     /* NASMIG_FINISH_REQ_* bits */
+    int finish_state;   /* enum nasmig_finish_state */
     int barrier_done;
     uint64_t first_ref_ns;
     struct nasmig_stats stats;

@@ -198,11 +198,11 @@ func (f *Fetcher) settle() {
 		f.issue(true)
 		return
 	}
-	if req&1 != 0 {
+	if req&cshim.FinishReqBarrier != 0 {
 		cshim.ClearBarrierRequest()
 		cshim.Kick()
 	}
-	if req&2 != 0 {
+	if req&cshim.FinishReqFinish != 0 {
 		st := cshim.StatsSnapshot()
 		if f.nerrs > 0 || st.PendingPages() != 0 {
 			msg := strings.Join(f.errs, "; ")
@@ -213,9 +213,9 @@ func (f *Fetcher) settle() {
 				msg = fmt.Sprintf("%d pages still pending", st.PendingPages())
 			}
 			cshim.SetErr(fmt.Sprintf("%d disk references failed: %s", f.nerrs, msg))
-			cshim.SetFinishState(2)
+			cshim.SetFinishState(cshim.FinishFailed)
 		} else {
-			cshim.SetFinishState(1)
+			cshim.SetFinishState(cshim.FinishOK)
 		}
 		cshim.Kick()
 	}
