@@ -1073,6 +1073,18 @@ void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len)
     }
 }
 
+/* Marks one 4 KiB page dirty per entry: one cgo crossing for a batch. */
+void nasmig_call_mark_dirty_pages(const uint32_t *rbs, const uint64_t *pages,
+                                  unsigned n)
+{
+    unsigned i;
+
+    for (i = 0; host_ops && host_ops->mark_dirty && i < n; i++) {
+        host_ops->mark_dirty(rbs[i], pages[i] << NASMIG_PAGE_SHIFT,
+                             NASMIG_PAGE_SIZE);
+    }
+}
+
 int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
                           uint64_t cookie)
 {

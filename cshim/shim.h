@@ -224,6 +224,8 @@ int nasmig_lib_auto_enable(void);
 
 /* Calls through the host table (so Go can call function pointers). */
 void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len);
+void nasmig_call_mark_dirty_pages(const uint32_t *rbs, const uint64_t *pages,
+                                  unsigned n);
 int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
                           uint64_t cookie);
 int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,

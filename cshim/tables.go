@@ -176,6 +176,24 @@ func MarkDirty(rb uint32, off, length uint64) {
 	C.nasmig_call_mark_dirty(C.uint32_t(rb), C.uint64_t(off), C.uint64_t(length))
 }
 
+// MarkDirtyPages asks QEMU to send the pages (RAM block, page index) again,
+// in one cgo crossing for the batch.
+func MarkDirtyPages(rbs []uint32, pages []uint64) {
+	if len(rbs) == 0 || len(rbs) != len(pages) {
+		return
+	}
+	// C must not keep Go pointers: copy the batch into C memory.
+	n := len(rbs)
+	crbs := (*[1 << 30]C.uint32_t)(C.malloc(C.size_t(n) * 4))[:n:n]
+	cpages := (*[1 << 27]C.uint64_t)(C.malloc(C.size_t(n) * 8))[:n:n]
+	defer C.free(unsafe.Pointer(&crbs[0]))
+	defer C.free(unsafe.Pointer(&cpages[0]))
+	for i := range rbs {
+		crbs[i], cpages[i] = C.uint32_t(rbs[i]), C.uint64_t(pages[i])
+	}
+	C.nasmig_call_mark_dirty_pages(&crbs[0], &cpages[0], C.uint(n))
+}
+
 // Log writes one line through QEMU's log service.
 func Log(level int, msg string) {
 	cs := C.CString(msg)

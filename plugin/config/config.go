@@ -14,7 +14,7 @@ import (
 // Config is what the plugin's arguments select.
 type Config struct {
 	Enabled     bool          // enable=on|off: track and offer references at all
-	Auto        bool          // auto=on|off: switch x-disk-refs and return-path on by itself
+	Auto        bool          // auto=on|off: every migration that can use references does (off: only with capability x-disk-refs)
 	LogLevel    zerolog.Level // log=error|warn|info|debug
 	LogFile     string        // logfile=PATH (default: QEMU's stderr)
 	DebugSocket string        // debug-socket=PATH: serve the live map to nasmig-inspect

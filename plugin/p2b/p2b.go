@@ -89,8 +89,12 @@ func (m *Map) Sync() {
 	defer m.mu.Unlock()
 	for m.drainLocked() > 0 {
 	}
-	for _, p := range m.redirty {
-		cshim.MarkDirty(p.RAMBlock, p.Page<<cshim.PageShift, cshim.PageSize)
+	if len(m.redirty) > 0 {
+		rbs, pages := make([]uint32, len(m.redirty)), make([]uint64, len(m.redirty))
+		for i, p := range m.redirty {
+			rbs[i], pages[i] = p.RAMBlock, p.Page
+		}
+		cshim.MarkDirtyPages(rbs, pages)
 	}
 	m.redirty = m.redirty[:0]
 }
