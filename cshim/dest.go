@@ -22,6 +22,11 @@ func (r *FetchReq) Disk() uint32     { return uint32(r.disk) }
 func (r *FetchReq) SrcDisk() uint32  { return uint32(r.src_disk) }
 func (r *FetchReq) Gen() uint32      { return uint32(r.gen) }
 
+// NewFetchReq builds a request (tests).
+func NewFetchReq(ramblock uint32, page uint64, disk uint32, block uint64) FetchReq {
+	return FetchReq{ramblock: C.uint32_t(ramblock), page: C.uint64_t(page), disk: C.uint32_t(disk), block: C.uint64_t(block)}
+}
+
 // FetchDone is one finished storage read (struct nasmig_fetch_done).
 type FetchDone C.struct_nasmig_fetch_done
 

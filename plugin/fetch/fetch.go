@@ -59,7 +59,9 @@ type Fetcher struct {
 	stop     chan struct{}
 	done     chan struct{}
 
-	queued   []item
+	queued   []item // sorted by (disk, block) up to sorted
+	sorted   int
+	scratch  []item
 	failed   []item
 	inflight map[uint64]*batch
 	nextID   uint64
@@ -194,7 +196,7 @@ func (f *Fetcher) settle() {
 		for i := range f.failed {
 			f.failed[i].retry = true
 		}
-		f.queued, f.failed = f.failed, nil
+		f.queued, f.failed, f.sorted = f.failed, nil, 0
 		f.issue(true)
 		return
 	}
@@ -246,13 +248,7 @@ func (f *Fetcher) buffer() ([]byte, error) {
 // issue coalesces queued items into reads of contiguous blocks, each
 // block read once however many pages reference it.
 func (f *Fetcher) issue(retry bool) {
-	sort.Slice(f.queued, func(i, j int) bool {
-		a, b := &f.queued[i].req, &f.queued[j].req
-		if a.Disk() != b.Disk() {
-			return a.Disk() < b.Disk()
-		}
-		return a.Block() < b.Block()
-	})
+	f.sortQueued()
 	// References to a disk this side cannot read fail at once.
 	kept := f.queued[:0]
 	var refused []item
@@ -305,6 +301,44 @@ func (f *Fetcher) issue(retry bool) {
 		i = j
 	}
 	f.queued = append(f.queued[:0], f.queued[i:]...)
+	f.sorted = len(f.queued)
+}
+
+func itemLess(a, b *item) bool {
+	if a.req.Disk() != b.req.Disk() {
+		return a.req.Disk() < b.req.Disk()
+	}
+	return a.req.Block() < b.req.Block()
+}
+
+// sortQueued keeps the backlog in (disk, block) order: only the references
+// that arrived since the last pass are sorted, then merged into the sorted
+// backlog, so a pass costs O(backlog + new log new), not a sort of
+// millions of references each time a read completes.
+func (f *Fetcher) sortQueued() {
+	if f.sorted >= len(f.queued) {
+		return
+	}
+	tail := f.queued[f.sorted:]
+	sort.Slice(tail, func(i, j int) bool { return itemLess(&tail[i], &tail[j]) })
+	if f.sorted > 0 {
+		head := f.queued[:f.sorted]
+		merged := f.scratch[:0]
+		i, j := 0, 0
+		for i < len(head) && j < len(tail) {
+			if itemLess(&tail[j], &head[i]) {
+				merged = append(merged, tail[j])
+				j++
+			} else {
+				merged = append(merged, head[i])
+				i++
+			}
+		}
+		merged = append(merged, head[i:]...)
+		merged = append(merged, tail[j:]...)
+		f.scratch, f.queued = f.queued[:0], merged
+	}
+	f.sorted = len(f.queued)
 }
 
 func (f *Fetcher) complete(id uint64, ret int64) {
