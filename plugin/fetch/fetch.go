@@ -75,6 +75,12 @@ type Fetcher struct {
 	// remains to fetch at switchover (downtime) is small.
 	lastRef      time.Time
 	lastCaughtUp time.Time
+	// refs counts the references that arrived in the current and the
+	// previous quietBeforeApproval window: a guest that keeps reading its
+	// disk keeps a trickle coming, which must not hold the switchover for
+	// ever.
+	windowStart          time.Time
+	windowRefs, prevRefs int
 	// hold: the source waits for the approval (a live migration with a
 	// return path); without it nothing is approved and nothing can be
 	// asked from the source.
@@ -93,6 +99,9 @@ const (
 	quietBeforeApproval = 200 * time.Millisecond
 	noRefsApproval      = 3 * time.Second
 	caughtUpInterval    = 100 * time.Millisecond
+	// trickleRefs: while caught up, this many references per window (1 MiB
+	// of fetch) count as quiet: fetching them at switchover costs little.
+	trickleRefs = 256
 )
 
 // Start launches the worker; it sleeps on an eventfd that C writes to.
@@ -128,6 +137,15 @@ func (f *Fetcher) run() {
 		if n := cshim.ReqPop(reqs); n > 0 {
 			busy = true
 			f.lastRef = time.Now()
+			if gap := f.lastRef.Sub(f.windowStart); gap >= quietBeforeApproval {
+				// A new window; the last one counts only if it just ended.
+				f.prevRefs = f.windowRefs
+				if gap >= 2*quietBeforeApproval {
+					f.prevRefs = 0
+				}
+				f.windowRefs, f.windowStart = 0, f.lastRef
+			}
+			f.windowRefs += n
 			for i := 0; i < n; i++ {
 				f.queued = append(f.queued, item{req: reqs[i]})
 			}
@@ -163,8 +181,9 @@ func (f *Fetcher) run() {
 // maybeApprove tells QEMU, every caughtUpInterval, that the fetch has
 // caught up: nothing queued or in flight (failed pages wait for the final
 // re-read anyway) and no reference for quietBeforeApproval after the first
-// one, or none at all for noRefsApproval (a guest with nothing mapped).
-// QEMU approves the switchover once.
+// one, or at most a trickle of them (a guest that keeps reading its disk),
+// or none at all for noRefsApproval (a guest with nothing mapped).  QEMU
+// approves the switchover once.
 func (f *Fetcher) maybeApprove(started time.Time) {
 	if !f.hold || len(f.queued) > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval ||
 		time.Since(f.lastResend) < resendSettle {
@@ -174,7 +193,7 @@ func (f *Fetcher) maybeApprove(started time.Time) {
 		if time.Since(started) < noRefsApproval {
 			return
 		}
-	} else if time.Since(f.lastRef) < quietBeforeApproval {
+	} else if time.Since(f.lastRef) < quietBeforeApproval && f.windowRefs+f.prevRefs > trickleRefs {
 		return
 	}
 	if st := cshim.StatsSnapshot(); st.PendingPages() > uint64(len(f.failed)) {
