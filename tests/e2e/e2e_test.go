@@ -330,6 +330,17 @@ func cases() []e2eCase {
 			flow: snapshotsFlow,
 		}),
 		nasmigBothSides(e2eCase{
+			name: "15b-cpr-reboot", workload: "pagecache-read", flow: cprRebootFlow,
+			check: func(t *testing.T, o outcome) {
+				if o.src.RefPages != 0 {
+					t.Errorf("a cpr-reboot save sent %d disk references: nasmig must step aside", o.src.RefPages)
+				}
+			},
+		}),
+		nasmigBothSides(e2eCase{
+			name: "15c-background-snapshot", workload: "pagecache-read", flow: backgroundSnapshotFlow,
+		}),
+		nasmigBothSides(e2eCase{
 			name: "16-postcopy", workload: "pagecache-read", flow: postcopyFlow,
 			opts: harness.MigrateOpts{
 				Caps:   map[string]bool{"postcopy-ram": true},

@@ -515,3 +515,70 @@ func tlsFlow(t *testing.T, ctx context.Context, p *pair) {
 	compareRAM(t, ctx, p)
 	resumeAndVerify(t, ctx, p)
 }
+
+// cprRebootFlow saves the stopped guest with migration mode cpr-reboot (a
+// host kernel update: QEMU exits, comes back, and loads the file) and
+// restores it: nasmig steps aside for cpr modes, the guest comes back
+// bit-exact.
+func cprRebootFlow(t *testing.T, ctx context.Context, p *pair) {
+	if _, err := p.src.QMP.Execute(ctx, "stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	p.c.opts.Params = map[string]any{"mode": "cpr-reboot"}
+	saveRestoreFlow(t, ctx, p)
+}
+
+// backgroundSnapshotFlow takes a background snapshot of the running guest
+// to a file (capability background-snapshot, userfaultfd write protection)
+// and restores it into the waiting destination: the restored guest runs and
+// verifies its files.  The source ran on, so RAM is not compared.
+func backgroundSnapshotFlow(t *testing.T, ctx context.Context, p *pair) {
+	path := p.run.Path("snapshot.sav")
+	p.run.Scratch(path)
+	set := harness.MigrateOpts{Caps: map[string]bool{"background-snapshot": true}}
+	if err := harness.Configure(ctx, p.src, set); err != nil {
+		if strings.Contains(err.Error(), "not supported") {
+			t.Skipf("SKIPPED, not run: background-snapshot is not supported here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	if _, err := p.src.QMP.Execute(ctx, "migrate", map[string]any{"uri": "file:" + path}); err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, p.c.opts.Timeout)
+	defer cancel()
+	srcInfo, err := harness.WaitMigration(waitCtx, p.src, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srcInfo.Status != "completed" {
+		t.Fatalf("background snapshot: %s (%s)", srcInfo.Status, srcInfo.ErrorDesc)
+	}
+	if d := srcInfo.DiskRefs; d != nil && d.RefPages != 0 {
+		t.Errorf("a background snapshot sent %d disk references: it must be stock", d.RefPages)
+	}
+	expectStatus(t, ctx, p.src, "running")
+	if _, err := p.dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "file:" + path, "exit-on-error": false}); err != nil {
+		t.Fatal(err)
+	}
+	dstInfo, err := harness.WaitMigration(waitCtx, p.dst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.finish(t, &harness.MigrationResult{URI: "file:" + path, Source: srcInfo, Destination: dstInfo})
+	if dstInfo.Status != "completed" {
+		t.Fatalf("restore of the background snapshot: %s (%s)", dstInfo.Status, dstInfo.ErrorDesc)
+	}
+	mark := p.dst.Serial.Mark()
+	if err := p.dst.Cont(ctx); err != nil {
+		t.Fatal(err)
+	}
+	beats := waitBeats(t, ctx, p.dst, mark, 2)
+	verifyCtx, cancelVerify := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancelVerify()
+	checked, err := p.dst.Verify(verifyCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restored background snapshot runs (heartbeats %v) and verifies (%d files)", beats, checked)
+}
