@@ -310,10 +310,11 @@ qemu_suite() {
 	tap=$LOGS/migration-test${set}${lib:+-nasmig}.tap
 	echo "    migration-test ${set:-default set}, ${lib:+with libnasmig.so (defaults), }accelerator $accel"
 	t0=$(date +%s)
-	NASMIG_SUITE_QEMU="$QEMU_BUILD/qemu-system-x86_64" NASMIG_SUITE_PLUGIN="$lib" NASMIG_SUITE_ACCEL="$accel" \
-		NASMIG_SUITE_DATADIRS="$SUITE_DATADIRS" PYTHON=/usr/bin/python3 \
+	# From the build folder: the suite finds scripts/analyze-migration.py there.
+	(cd "$QEMU_BUILD" && NASMIG_SUITE_QEMU="$QEMU_BUILD/qemu-system-x86_64" NASMIG_SUITE_PLUGIN="$lib" \
+		NASMIG_SUITE_ACCEL="$accel" NASMIG_SUITE_DATADIRS="$SUITE_DATADIRS" PYTHON=/usr/bin/python3 \
 		QTEST_QEMU_BINARY="$here/tests/qemu-suite/qemu-system-x86_64" QTEST_QEMU_IMG="$QEMU_BUILD/qemu-img" \
-		"$QEMU_BUILD/tests/qtest/migration-test" $set --tap -k >"$tap" 2>&1 || rc=1
+		"$QEMU_BUILD/tests/qtest/migration-test" $set --tap -k >"$tap" 2>&1) || rc=1
 	grep -E "^(ok|not ok)" "$tap" | sed 's/^/      /'
 	grep -q "^not ok" "$tap" && rc=1
 	grep -qE "^1\.\.[0-9]+" "$tap" || { echo "      no test plan in $tap: the suite did not start"; rc=1; }

@@ -203,8 +203,12 @@ func cases() []e2eCase {
 			name: "03-mixed-overwrites", workload: "mixed", settle: 6,
 			check: func(t *testing.T, o outcome) {
 				requireRefs(t, o)
-				if o.src.Invalidations == 0 {
-					t.Errorf("source invalidations = 0: the guest overwrote mapped blocks of big/mixed.bin, want > 0")
+				// The counters describe this migration only: the overwrites
+				// show as pages that changed before they were sent
+				// (ref-misses) or as mappings a write dropped
+				// (invalidations); RAM identical is the assertion.
+				if o.src.Invalidations+o.src.RefMisses == 0 {
+					t.Errorf("source invalidations and ref-misses are 0: the guest overwrites mapped blocks of big/mixed.bin, want > 0")
 				}
 			},
 		}),
