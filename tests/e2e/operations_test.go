@@ -33,18 +33,7 @@ func saveRestoreFlow(t *testing.T, ctx context.Context, p *pair) {
 	if err := harness.Configure(ctx, p.src, p.c.opts); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.src.QMP.Execute(ctx, "migrate", map[string]any{"uri": "file:" + path}); err != nil {
-		t.Fatal(err)
-	}
-	saveCtx, cancel := context.WithTimeout(ctx, p.c.opts.Timeout)
-	defer cancel()
-	srcInfo, err := harness.WaitMigration(saveCtx, p.src, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if srcInfo.Status != "completed" {
-		t.Fatalf("save to %s: status %s (%s)", path, srcInfo.Status, srcInfo.ErrorDesc)
-	}
+	srcInfo := migrateToFile(t, ctx, p, path, "save")
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -55,13 +44,7 @@ func saveRestoreFlow(t *testing.T, ctx context.Context, p *pair) {
 	if err := harness.Configure(ctx, p.dst, p.c.opts); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "file:" + path, "exit-on-error": false}); err != nil {
-		t.Fatal(err)
-	}
-	dstInfo, err := harness.WaitMigration(saveCtx, p.dst, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dstInfo := restoreFromFile(t, ctx, p, path)
 	result := &harness.MigrationResult{URI: "file:" + path, Source: srcInfo, Destination: dstInfo}
 	p.finish(t, result)
 	if dstInfo.Status != "completed" {
@@ -74,6 +57,41 @@ func saveRestoreFlow(t *testing.T, ctx context.Context, p *pair) {
 		p.c.check(t, outcomeOf(result))
 	}
 	resumeAndVerify(t, ctx, p)
+}
+
+// migrateToFile migrates the source into the file at path (migrate file:)
+// and returns its final query-migrate; anything but completed fails.
+func migrateToFile(t *testing.T, ctx context.Context, p *pair, path, what string) harness.MigrationInfo {
+	t.Helper()
+	if _, err := p.src.QMP.Execute(ctx, "migrate", map[string]any{"uri": "file:" + path}); err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, p.c.opts.Timeout)
+	defer cancel()
+	info, err := harness.WaitMigration(waitCtx, p.src, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Status != "completed" {
+		t.Fatalf("%s to %s: status %s (%s)", what, path, info.Status, info.ErrorDesc)
+	}
+	return info
+}
+
+// restoreFromFile loads the file at path into the waiting destination
+// (migrate-incoming file:) and returns its final query-migrate.
+func restoreFromFile(t *testing.T, ctx context.Context, p *pair, path string) harness.MigrationInfo {
+	t.Helper()
+	if _, err := p.dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "file:" + path, "exit-on-error": false}); err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, p.c.opts.Timeout)
+	defer cancel()
+	info, err := harness.WaitMigration(waitCtx, p.dst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
 }
 
 // hmp runs one human monitor command; a non-empty answer is an error.
@@ -542,29 +560,12 @@ func backgroundSnapshotFlow(t *testing.T, ctx context.Context, p *pair) {
 		}
 		t.Fatal(err)
 	}
-	if _, err := p.src.QMP.Execute(ctx, "migrate", map[string]any{"uri": "file:" + path}); err != nil {
-		t.Fatal(err)
-	}
-	waitCtx, cancel := context.WithTimeout(ctx, p.c.opts.Timeout)
-	defer cancel()
-	srcInfo, err := harness.WaitMigration(waitCtx, p.src, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if srcInfo.Status != "completed" {
-		t.Fatalf("background snapshot: %s (%s)", srcInfo.Status, srcInfo.ErrorDesc)
-	}
+	srcInfo := migrateToFile(t, ctx, p, path, "background snapshot")
 	if d := srcInfo.DiskRefs; d != nil && d.RefPages != 0 {
 		t.Errorf("a background snapshot sent %d disk references: it must be stock", d.RefPages)
 	}
 	expectStatus(t, ctx, p.src, "running")
-	if _, err := p.dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "file:" + path, "exit-on-error": false}); err != nil {
-		t.Fatal(err)
-	}
-	dstInfo, err := harness.WaitMigration(waitCtx, p.dst, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dstInfo := restoreFromFile(t, ctx, p, path)
 	p.finish(t, &harness.MigrationResult{URI: "file:" + path, Source: srcInfo, Destination: dstInfo})
 	if dstInfo.Status != "completed" {
 		t.Fatalf("restore of the background snapshot: %s (%s)", dstInfo.Status, dstInfo.ErrorDesc)
