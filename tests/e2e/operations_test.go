@@ -224,18 +224,7 @@ func snapshotsFlow(t *testing.T, ctx context.Context, p *pair) {
 // --postcopy does) and switches to postcopy once the migration runs:
 // nasmig steps aside for that migration, which completes as in stock QEMU.
 func postcopyFlow(t *testing.T, ctx context.Context, p *pair) {
-	uri := "unix:" + filepath.Join(filepath.Dir(p.dst.Paths.QMPSocket), "pc.migrate")
-	for _, vm := range []*harness.VM{p.src, p.dst} {
-		if err := harness.Configure(ctx, vm, p.c.opts); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := p.dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri, "exit-on-error": false}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.src.QMP.Execute(ctx, "migrate", map[string]any{"uri": uri}); err != nil {
-		t.Fatal(err)
-	}
+	uri := startMigration(t, ctx, p, "pc.migrate")
 	for {
 		info, err := harness.QueryMigrate(ctx, p.src)
 		if err != nil {
@@ -284,6 +273,26 @@ func postcopyFlow(t *testing.T, ctx context.Context, p *pair) {
 	resumeAndVerify(t, ctx, p)
 }
 
+// startMigration sets the case's capabilities and parameters on both
+// sides and starts a migration over the unix socket name next to the
+// destination's sockets, without waiting for it; it returns the URI.
+func startMigration(t *testing.T, ctx context.Context, p *pair, name string) string {
+	t.Helper()
+	uri := "unix:" + filepath.Join(filepath.Dir(p.dst.Paths.QMPSocket), name)
+	for _, vm := range []*harness.VM{p.src, p.dst} {
+		if err := harness.Configure(ctx, vm, p.c.opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri, "exit-on-error": false}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.src.QMP.Execute(ctx, "migrate", map[string]any{"uri": uri}); err != nil {
+		t.Fatal(err)
+	}
+	return uri
+}
+
 func terminal(status string) bool {
 	return status == "completed" || status == "failed" || status == "cancelled"
 }
@@ -323,18 +332,7 @@ func execFlow(t *testing.T, ctx context.Context, p *pair) {
 // identical RAM, and its counters must describe that attempt alone.
 func retryFlow(killDestination bool) func(t *testing.T, ctx context.Context, p *pair) {
 	return func(t *testing.T, ctx context.Context, p *pair) {
-		uri := "unix:" + filepath.Join(filepath.Dir(p.dst.Paths.QMPSocket), "first.migrate")
-		for _, vm := range []*harness.VM{p.src, p.dst} {
-			if err := harness.Configure(ctx, vm, p.c.opts); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if _, err := p.dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri, "exit-on-error": false}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p.src.QMP.Execute(ctx, "migrate", map[string]any{"uri": uri}); err != nil {
-			t.Fatal(err)
-		}
+		startMigration(t, ctx, p, "first.migrate")
 		var firstRefs int64
 		for firstRefs == 0 {
 			info, err := harness.QueryMigrate(ctx, p.src)
