@@ -111,6 +111,18 @@ func SetSleeping() {
 	atomic.StoreInt32((*int32)(unsafe.Pointer(&C.nasmig_g.go_sleeping)), 1)
 }
 
+// FlushRequest returns QEMU's latest flush request and the last one
+// answered.
+func FlushRequest() (req, ack uint32) {
+	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&C.nasmig_g.flush_req))),
+		atomic.LoadUint32((*uint32)(unsafe.Pointer(&C.nasmig_g.flush_ack)))
+}
+
+// AckFlush answers flush request req: no fill is queued or in flight.
+func AckFlush(req uint32) {
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&C.nasmig_g.flush_ack)), req)
+}
+
 // FinishRequest returns the FinishReqBarrier and FinishReqFinish bits.
 func FinishRequest() int32 {
 	return atomic.LoadInt32((*int32)(unsafe.Pointer(&C.nasmig_g.finish_req)))
@@ -159,8 +171,9 @@ func RAMBlockByName(name string) (uint32, bool) {
 // Kick wakes QEMU's main loop.
 func Kick() { C.nasmig_call_kick() }
 
-// ApproveSwitchover tells the source it may stop the guest now.
-func ApproveSwitchover() { C.nasmig_call_approve_switchover() }
+// ApproveSwitchover tells QEMU the fetch has caught up: it approves the
+// switchover once the source's first pass has arrived, or at once (force).
+func ApproveSwitchover(force bool) { C.nasmig_call_approve_switchover(cbool(force)) }
 
 // Test entry points: drive the QEMU-facing functions without QEMU.
 
@@ -178,6 +191,9 @@ func DiskAdd(node, filename string, size uint64) int {
 	defer C.free(unsafe.Pointer(cf))
 	return int(C.nasmig_lib_disk_add(cn, cf, C.uint64_t(size)))
 }
+
+// DiskRemove tells the library a disk's node is gone, as QEMU would.
+func DiskRemove(disk int) { C.nasmig_lib_disk_remove(C.int(disk)) }
 
 // RefQuery is the saver's question for a page whose content is at host
 // (C memory or pinned Go memory).

@@ -28,10 +28,13 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 3
+#define NASMIG_ABI_VERSION 4
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
+
+/* How long the source's migration thread waits for the approval at a time. */
+#define NASMIG_HOLD_POLL_MS 100
 
 /* References are whole 4 KiB pages mapped to 4 KiB-aligned disk offsets. */
 #define NASMIG_PAGE_SHIFT 12
@@ -170,12 +173,14 @@ struct nasmig_host {
 
     /*
      * Destination, only when the setup carried NASMIG_SETUP_FLAG_HOLD: the
-     * fetch has caught up with the references received so far (the library
-     * repeats this every 100 ms while it holds).  QEMU sends
-     * NASMIG_RP_APPROVE once the source's first pass is over too.
+     * fetch has caught up with the references received so far.  QEMU sends
+     * NASMIG_RP_APPROVE (once) when every page of the source's first pass
+     * has arrived, or at once when force is set.  The library owns the
+     * timing: it repeats the call while caught up, and forces when the
+     * first pass never completes (pages never sent: free page hints).
      * Callable from any thread.
      */
-    void (*approve_switchover)(void);
+    void (*approve_switchover)(int force);
 
     /* One log line, when the library logs through QEMU. */
     void (*log)(int level, const char *msg);
@@ -242,6 +247,23 @@ struct nasmig_lib {
     int (*disk_add)(const char *node_name, const char *filename, uint64_t size);
 
     /*
+     * The disk's node is gone (blockdev-del, hot-unplug, a job's pivot):
+     * its handle is never used again, its mappings go, and a later node of
+     * the same name is a new disk.  Main thread.
+     */
+    void (*disk_remove)(int disk);
+
+    /*
+     * The names an operator may know the disk by, besides its node name and
+     * filename: node names above it, drive ids, device ids and paths
+     * (`names` holds `len` bytes of NUL-terminated strings).  Sent at each
+     * migration setup, before source_setup, from the main thread.  Returns
+     * -EPERM when configuration excludes the disk by one of them (QEMU then
+     * stops tracking it), else 0.
+     */
+    int (*disk_names)(int disk, const char *names, size_t len);
+
+    /*
      * HOT. A read of `disk` completed into the given guest pages.  The
      * library hashes each page now (before the guest is told) and queues the
      * mappings; if *write_gen no longer equals gen_before after the
@@ -295,6 +317,17 @@ struct nasmig_lib {
      */
     void (*source_message)(const uint8_t *buf, size_t len);
 
+    /*
+     * Source, migration thread, NASMIG_MODE_LIVE: little is left to send
+     * but the destination has not approved the switchover.  Returns 1 to
+     * hold on (QEMU then sends nothing and waits up to NASMIG_HOLD_POLL_MS
+     * for the approval before it asks again), 0 once the hold has lasted
+     * the library's bound (hold-max): references stop for the rest of this
+     * migration and the switchover may happen; the fetch still pending then
+     * joins the downtime.
+     */
+    int (*switchover_hold)(void);
+
     /* Migration ended on the source (completed, failed or cancelled). */
     void (*source_cleanup)(int failed);
 
@@ -340,9 +373,11 @@ struct nasmig_lib {
 
     /*
      * Ordering barrier (before multifd channels may write pages again):
-     * returns -EAGAIN while any fill is pending (yield and call again), 0
-     * once none can land later.  Pages that failed verification are re-read
-     * now; if they fail again the migration fails at dest_finish.
+     * returns -EAGAIN while any fill is queued or in flight (yield and call
+     * again), 0 once none can land later.  Pages that failed verification
+     * stay failed: a page of the stream (the source's resend, on a multifd
+     * channel too) may still replace them; dest_finish re-reads what is
+     * left and fails the migration if that fails again.
      */
     int (*dest_barrier)(void);
 

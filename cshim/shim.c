@@ -326,6 +326,45 @@ out:
     return ret;
 }
 
+void nasmig_lib_disk_remove(int disk)
+{
+    struct nasmig_disk_info *d;
+    uint64_t size;
+
+    if (disk < 0 || disk >= NASMIG_MAX_DISKS) {
+        return;
+    }
+    pthread_mutex_lock(&table_lock);
+    if (disk >= nasmig_g.ndisk || nasmig_g.disk[disk].removed) {
+        pthread_mutex_unlock(&table_lock);
+        return;
+    }
+    d = &nasmig_g.disk[disk];
+    /* A node created later under the same name is another disk. */
+    d->node_name[0] = '\0';
+    d->excluded = 1;
+    STORE_REL(&d->removed, 1);
+    STORE_REL(&nasmig_g.disk_off[disk], 1);
+    size = d->size;
+    pthread_mutex_unlock(&table_lock);
+    /* Its mappings go as if the whole disk had been written. */
+    nasmig_lib_block_write_done(disk, 0, size ? size : NASMIG_PAGE_SIZE);
+}
+
+/* Called by Go's disk_names once a name matched exclude=. */
+void nasmig_disk_exclude(int disk)
+{
+    if (disk < 0 || disk >= NASMIG_MAX_DISKS) {
+        return;
+    }
+    pthread_mutex_lock(&table_lock);
+    if (disk < nasmig_g.ndisk) {
+        nasmig_g.disk[disk].excluded = 1;
+        STORE_REL(&nasmig_g.disk_off[disk], 1);
+    }
+    pthread_mutex_unlock(&table_lock);
+}
+
 /* ------------------------------------------------------------------ */
 /* Source: pages targeted by reads in flight.
  *
@@ -1019,12 +1058,21 @@ uint64_t nasmig_lib_dest_pending(void)
 
 int nasmig_lib_dest_barrier(void)
 {
-    if (!LOAD_ACQ(&nasmig_g.stats.pending_pages)) {
+    /* One caller: QEMU's incoming coroutine, polling until 0. */
+    if (!nasmig_g.flush_waiting) {
+        if (!LOAD_ACQ(&nasmig_g.stats.pending_pages)) {
+            return 0;
+        }
+        nasmig_g.flush_waiting_for =
+            __atomic_add_fetch(&nasmig_g.flush_req, 1, __ATOMIC_SEQ_CST);
+        nasmig_g.flush_waiting = 1;
+        wake_go();
+    }
+    if ((int32_t)(LOAD_ACQ(&nasmig_g.flush_ack) -
+                  nasmig_g.flush_waiting_for) >= 0) {
+        nasmig_g.flush_waiting = 0;
         return 0;
     }
-    __atomic_or_fetch(&nasmig_g.finish_req, NASMIG_FINISH_REQ_BARRIER,
-                      __ATOMIC_SEQ_CST);
-    wake_go();
     return -EAGAIN;
 }
 
@@ -1120,10 +1168,10 @@ void nasmig_call_kick(void)
     }
 }
 
-void nasmig_call_approve_switchover(void)
+void nasmig_call_approve_switchover(int force)
 {
     if (host_ops && host_ops->approve_switchover) {
-        host_ops->approve_switchover();
+        host_ops->approve_switchover(force);
     }
 }
 
@@ -1168,6 +1216,8 @@ void nasmig_dest_reset(void)
     }
     nasmig_g.finish_req = 0;
     nasmig_g.finish_state = NASMIG_FINISH_WORKING;
+    nasmig_g.flush_ack = nasmig_g.flush_req;
+    nasmig_g.flush_waiting = 0;
     nasmig_g.first_ref_ns = 0;
 }
 
@@ -1177,6 +1227,7 @@ void nasmig_shim_fill(struct nasmig_lib *lib)
     lib->struct_size = sizeof(*lib);
     lib->ramblock_add = nasmig_lib_ramblock_add;
     lib->disk_add = nasmig_lib_disk_add;
+    lib->disk_remove = nasmig_lib_disk_remove;
     lib->block_read_done = nasmig_lib_block_read_done;
     lib->block_write_done = nasmig_lib_block_write_done;
     lib->block_read_begin = nasmig_lib_block_read_begin;

@@ -63,7 +63,8 @@ struct nasmig_disk_info {
     uint64_t size;
     uint64_t ndir;
     uint64_t **dir;        /* ndir chunk pointers, each NASMIG_REV_CHUNK words */
-    int excluded;
+    int excluded;          /* never referenced: configuration, or removed */
+    int removed;           /* the node is gone; the slot is never reused */
 };
 
 /* ---- tracking ring: fixed-size records, many producers, one consumer ---- */
@@ -169,6 +170,16 @@ struct nasmig_shared {
     int finish_req;     /* NASMIG_FINISH_REQ_* bits */
     int finish_state;   /* enum nasmig_finish_state */
     int barrier_done;
+    /*
+     * Flush handshake (multifd sync points): QEMU bumps flush_req and waits
+     * until the fetcher, with no fill queued or in flight, copies it into
+     * flush_ack.  Failed pages do not hold a flush: a later page from the
+     * stream may still replace them.
+     */
+    uint32_t flush_req;
+    uint32_t flush_ack;
+    uint32_t flush_waiting_for; /* QEMU's side: the request it waits on */
+    int flush_waiting;
     uint64_t first_ref_ns;
     struct nasmig_stats stats;
     char err[1024];
@@ -200,6 +211,8 @@ void nasmig_stat_add(size_t field_offset, uint64_t v);
 
 /* The entry points QEMU gets (also called directly by tests). */
 int nasmig_lib_ramblock_add(const char *idstr, uint64_t max_length);
+void nasmig_lib_disk_remove(int disk);
+void nasmig_disk_exclude(int disk);
 int nasmig_lib_disk_add(const char *node_name, const char *filename,
                         uint64_t size);
 void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
@@ -232,7 +245,7 @@ int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,
                             char *err, size_t errlen);
 void nasmig_call_kick(void);
 int nasmig_call_send_to_source(const uint8_t *buf, size_t len);
-void nasmig_call_approve_switchover(void);
+void nasmig_call_approve_switchover(int force);
 void nasmig_call_log(int level, const char *msg);
 void nasmig_set_host(const struct nasmig_host *host);
 

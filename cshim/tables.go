@@ -40,7 +40,8 @@ type DiskInfo struct {
 	NodeName string
 	Filename string
 	Size     uint64
-	Excluded bool
+	Excluded bool // never referenced: by configuration, or removed
+	Removed  bool // its node is gone
 }
 
 // DiskCount is the number of disks QEMU registered.
@@ -52,8 +53,12 @@ func DiskCount() int {
 func Disk(i int) DiskInfo {
 	d := &C.nasmig_g.disk[i]
 	return DiskInfo{Index: i, NodeName: C.GoString(&d.node_name[0]), Filename: C.GoString(&d.filename[0]),
-		Size: uint64(d.size), Excluded: d.excluded != 0}
+		Size: uint64(d.size), Excluded: d.excluded != 0, Removed: atomic.LoadInt32((*int32)(unsafe.Pointer(&d.removed))) != 0}
 }
+
+// ExcludeDisk marks disk i as never referenced (a name of it matched
+// exclude=).
+func ExcludeDisk(i int) { C.nasmig_disk_exclude(C.int(i)) }
 
 // RevChunkAt returns chunk idx of a disk's reverse index, allocating it
 // (outside the Go heap) when alloc is set; nil when absent or out of range.

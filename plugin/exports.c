@@ -18,6 +18,8 @@ void nasmig_fill_go(struct nasmig_lib *lib)
 {
     lib->source_setup = (int (*)(uint32_t, uint8_t *, uint32_t *))nasmigSourceSetup;
     lib->before_bitmap_sync = nasmigBeforeBitmapSync;
+    lib->disk_names = (int (*)(int, const char *, size_t))nasmigDiskNames;
+    lib->switchover_hold = nasmigSwitchoverHold;
     lib->source_message = (void (*)(const uint8_t *, size_t))nasmigSourceMessage;
     lib->source_cleanup = nasmigSourceCleanup;
     lib->dest_setup = (int (*)(const uint8_t *, uint32_t))nasmigDestSetup;

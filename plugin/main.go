@@ -15,11 +15,13 @@ void nasmig_fill_go(struct nasmig_lib *lib);
 import "C"
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/google/uuid"
@@ -45,6 +47,13 @@ var lib struct {
 	fetcher  *fetch.Fetcher
 	setup    *wire.Setup // destination: the source's disk table
 	debugSrv io.Closer
+	// diskNames holds, per disk handle, the other names QEMU gave at the
+	// last migration setup (drive ids, device ids, node names above).
+	diskNames map[int][]string
+	// Source: when this migration's switchover hold began (zero: not
+	// held), and whether it ran out (hold-max).
+	holdStart   time.Time
+	holdExpired bool
 }
 
 func cError(buf *C.char, n C.size_t, msg string) {
@@ -166,6 +175,7 @@ func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.in
 	}
 	cshim.SetMigKey(cshim.ExpandKey(s.KeySeed))
 	cshim.StatsReset()
+	lib.holdStart, lib.holdExpired = time.Time{}, false
 	// Only disks the destination hears of now may be referenced: one whose
 	// first read comes later is sent in full for this migration.
 	announced := map[int]bool{}
@@ -206,20 +216,64 @@ func nasmigSourceMessage(buf *C.uint8_t, length C.size_t) {
 	}
 }
 
+//export nasmigDiskNames
+func nasmigDiskNames(disk C.int, names *C.char, length C.size_t) C.int {
+	lib.mu.Lock()
+	defer lib.mu.Unlock()
+	list := splitNames(C.GoBytes(unsafe.Pointer(names), C.int(length)))
+	if lib.diskNames == nil {
+		lib.diskNames = map[int][]string{}
+	}
+	lib.diskNames[int(disk)] = list
+	for _, n := range list {
+		for _, ex := range lib.cfg.Exclude {
+			if n == ex {
+				cshim.ExcludeDisk(int(disk))
+				lib.log.Info().Str("exclude", ex).Str("disk", cshim.Disk(int(disk)).Filename).Msg("disk excluded from references")
+				return -C.EPERM
+			}
+		}
+	}
+	return 0
+}
+
+// splitNames splits NUL-terminated strings; empty ones are dropped.
+func splitNames(b []byte) []string {
+	var out []string
+	for _, f := range bytes.Split(b, []byte{0}) {
+		if len(f) > 0 {
+			out = append(out, string(f))
+		}
+	}
+	return out
+}
+
 // warnUnmatchedExcludes logs each exclude= name that matches no disk QEMU
-// registered, with the names that do exist (a typo, or a drive id, must not
-// pass silently).
+// registered, with the names that do exist (a typo must not pass
+// silently).  Call with lib.mu held.
 func warnUnmatchedExcludes() {
 	var known []string
 	matched := map[string]bool{}
+	add := func(n string) {
+		if n != "" && !matched[n] {
+			matched[n] = true
+			known = append(known, n)
+		}
+	}
 	for i := 0; i < cshim.DiskCount(); i++ {
 		d := cshim.Disk(i)
-		known = append(known, d.NodeName, d.Filename)
-		matched[d.NodeName], matched[d.Filename] = true, true
+		if d.Removed {
+			continue
+		}
+		add(d.NodeName)
+		add(d.Filename)
+		for _, n := range lib.diskNames[i] {
+			add(n)
+		}
 	}
 	for _, name := range lib.cfg.Exclude {
 		if !matched[name] {
-			lib.log.Warn().Str("exclude", name).Strs("disks", known).Msg("exclude= matches no disk (names are node names or filenames of the disks below)")
+			lib.log.Warn().Str("exclude", name).Strs("disks", known).Msg("exclude= matches no disk (names are drive ids, device ids, node names or filenames of the disks below)")
 		}
 	}
 }
@@ -229,11 +283,43 @@ func nasmigBeforeBitmapSync() {
 	lib.m.Sync()
 }
 
+//export nasmigSwitchoverHold
+func nasmigSwitchoverHold() C.int {
+	lib.mu.Lock()
+	defer lib.mu.Unlock()
+	if lib.holdExpired {
+		return 0
+	}
+	if lib.holdStart.IsZero() {
+		lib.holdStart = time.Now()
+		lib.log.Info().Msg("first pass sent: holding the switchover until the destination's fetch has caught up")
+	}
+	held := time.Since(lib.holdStart)
+	if lib.cfg.HoldMax == 0 || held < lib.cfg.HoldMax {
+		return 1
+	}
+	// No new reference from now on: the fetch backlog can only shrink.
+	lib.holdExpired = true
+	for i := 0; i < cshim.MaxDisks; i++ {
+		cshim.SetDiskOff(i, true)
+	}
+	st := cshim.StatsSnapshot()
+	lib.log.Warn().Dur("held", held).Dur("hold_max", lib.cfg.HoldMax).Uint64("ref_pages", st.RefPages()).
+		Msg("the destination's fetch did not catch up within hold-max: no more references in this migration; the fetch left joins the downtime")
+	return 0
+}
+
 //export nasmigSourceCleanup
 func nasmigSourceCleanup(failed C.int) {
 	lib.m.SetMigrating(false)
 	st := cshim.StatsSnapshot()
-	lib.log.Info().Bool("failed", failed != 0).Uint64("ref_pages", st.RefPages()).Uint64("ref_misses", st.RefMisses()).Msg("outgoing migration ended")
+	ev := lib.log.Info().Bool("failed", failed != 0).Uint64("ref_pages", st.RefPages()).Uint64("ref_misses", st.RefMisses())
+	lib.mu.Lock()
+	if !lib.holdStart.IsZero() {
+		ev = ev.Bool("switchover_held", true).Bool("hold_max_reached", lib.holdExpired)
+	}
+	lib.mu.Unlock()
+	ev.Msg("outgoing migration ended")
 }
 
 //export nasmigDestSetup

@@ -120,7 +120,7 @@ static int cabi_check_fill(char *err, size_t errlen)
         return -1;
     }
 #define NEED(f) if (!cabi_lib.f) { snprintf(err, errlen, "%s not filled", #f); return -1; }
-    NEED(ramblock_add) NEED(disk_add) NEED(block_read_done)
+    NEED(ramblock_add) NEED(disk_add) NEED(disk_remove) NEED(block_read_done)
     NEED(block_read_begin) NEED(block_read_end) NEED(block_write_done)
     NEED(ref_query) NEED(ref_received) NEED(before_page_write)
     NEED(read_done) NEED(dest_finish) NEED(dest_pending) NEED(dest_barrier)

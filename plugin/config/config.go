@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -18,17 +19,27 @@ type Config struct {
 	LogLevel    zerolog.Level // log=error|warn|info|debug
 	LogFile     string        // logfile=PATH (default: QEMU's stderr)
 	DebugSocket string        // debug-socket=PATH: serve the live map to nasmig-inspect
-	Exclude     []string      // exclude=NAME, repeatable: node names or filenames never referenced
+	Exclude     []string      // exclude=NAME, repeatable: a drive id, device id, node name or filename never referenced
 	Strict      bool          // strict=on: a disk the destination cannot read fails the migration
 	RingSlots   uint32        // ring=N: tracking ring size, a power of two
+	// HoldMax (hold-max=DURATION, 0: no bound): how long the source holds
+	// the switchover for the destination's fetch before it stops sending
+	// references and lets the migration complete.
+	HoldMax time.Duration
 }
+
+// DefaultHoldMax bounds the switchover hold unless hold-max= says
+// otherwise: long enough for the fetch of a large page cache from storage
+// at a few hundred MB/s, short enough that a stalled storage server cannot
+// keep a migration from completing.
+const DefaultHoldMax = 60 * time.Second
 
 // ErrBadArgument is wrapped by every parse error.
 var ErrBadArgument = errors.New("bad plugin argument")
 
 // Default is the configuration of a plugin loaded without arguments.
 func Default() Config {
-	return Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16}
+	return Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: DefaultHoldMax}
 }
 
 // Parse reads "key=value" arguments.
@@ -60,6 +71,11 @@ func Parse(args []string) (Config, error) {
 				return c, fmt.Errorf("%w %q: empty disk name", ErrBadArgument, arg)
 			}
 			c.Exclude = append(c.Exclude, val)
+		case "hold-max":
+			c.HoldMax, err = time.ParseDuration(val)
+			if err == nil && c.HoldMax < 0 {
+				err = errors.New("must not be negative")
+			}
 		case "ring":
 			var n uint64
 			n, err = strconv.ParseUint(val, 10, 32)
@@ -68,7 +84,7 @@ func Parse(args []string) (Config, error) {
 			}
 			c.RingSlots = uint32(n)
 		default:
-			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, ring)", ErrBadArgument, key)
+			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, ring)", ErrBadArgument, key)
 		}
 		if err != nil {
 			return c, fmt.Errorf("%w %q: %v", ErrBadArgument, arg, err)

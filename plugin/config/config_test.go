@@ -5,12 +5,13 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 )
 
 func TestDefaults(t *testing.T) {
-	want := Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16}
+	want := Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: time.Minute}
 	if got := Default(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Default() = %+v, want %+v", got, want)
 	}
@@ -53,6 +54,8 @@ func TestParseKeys(t *testing.T) {
 		{"ring min", []string{"ring=64"}, func(c *Config) { c.RingSlots = 64 }},
 		{"ring max", []string{"ring=16777216"}, func(c *Config) { c.RingSlots = 1 << 24 }},
 		{"ring 4096", []string{"ring=4096"}, func(c *Config) { c.RingSlots = 4096 }},
+		{"hold-max 5s", []string{"hold-max=5s"}, func(c *Config) { c.HoldMax = 5 * time.Second }},
+		{"hold-max unbounded", []string{"hold-max=0"}, func(c *Config) { c.HoldMax = 0 }},
 		{"all keys", []string{"enable=on", "auto=off", "log=info", "logfile=/l", "debug-socket=/s", "exclude=x", "ring=1024"},
 			func(c *Config) {
 				c.Auto, c.LogLevel, c.LogFile, c.DebugSocket, c.Exclude, c.RingSlots = false, zerolog.InfoLevel, "/l", "/s", []string{"x"}, 1024
@@ -101,6 +104,8 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"ring=4294967296"}, "ring=4294967296"},
 		{[]string{"ring=0x100"}, "ring=0x100"},
 		{[]string{"ring= 64"}, "ring= 64"},
+		{[]string{"hold-max=5"}, "missing unit"},
+		{[]string{"hold-max=-1s"}, "must not be negative"},
 		{[]string{"unknown=1"}, "unknown key"},
 		{[]string{"Enable=on"}, "unknown key"},
 		{[]string{" enable=on"}, "unknown key"},

@@ -75,6 +75,8 @@ type Fetcher struct {
 	// remains to fetch at switchover (downtime) is small.
 	lastRef      time.Time
 	lastCaughtUp time.Time
+	// caughtUpSince: the start of the current run of caught-up answers.
+	caughtUpSince time.Time
 	// refs counts the references that arrived in the current and the
 	// previous quietBeforeApproval window: a guest that keeps reading its
 	// disk keeps a trickle coming, which must not hold the switchover for
@@ -99,6 +101,10 @@ const (
 	quietBeforeApproval = 200 * time.Millisecond
 	noRefsApproval      = 3 * time.Second
 	caughtUpInterval    = 100 * time.Millisecond
+	// firstPassGrace: caught up this long, the switchover is approved even
+	// if QEMU has not seen every page of the first pass arrive (a guest
+	// with free page hinting never sends some).
+	firstPassGrace = 2 * time.Second
 	// trickleRefs: while caught up, this many references per window (1 MiB
 	// of fetch) count as quiet: fetching them at switchover costs little.
 	trickleRefs = 256
@@ -183,7 +189,8 @@ func (f *Fetcher) run() {
 // re-read anyway) and no reference for quietBeforeApproval after the first
 // one, or at most a trickle of them (a guest that keeps reading its disk),
 // or none at all for noRefsApproval (a guest with nothing mapped).  QEMU
-// approves the switchover once.
+// approves the switchover once the source's first pass has arrived, or
+// once the fetch has been caught up for firstPassGrace.
 func (f *Fetcher) maybeApprove(started time.Time) {
 	if !f.hold || len(f.queued) > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval ||
 		time.Since(f.lastResend) < resendSettle {
@@ -199,12 +206,23 @@ func (f *Fetcher) maybeApprove(started time.Time) {
 	if st := cshim.StatsSnapshot(); st.PendingPages() > uint64(len(f.failed)) {
 		return
 	}
-	f.lastCaughtUp = time.Now()
-	cshim.ApproveSwitchover()
+	now := time.Now()
+	if now.Sub(f.lastCaughtUp) > 3*caughtUpInterval {
+		f.caughtUpSince = now
+	}
+	f.lastCaughtUp = now
+	cshim.ApproveSwitchover(now.Sub(f.caughtUpSince) >= firstPassGrace)
 }
 
 // settle answers barrier and finish requests once nothing is queued or in flight.
 func (f *Fetcher) settle() {
+	if freq, fack := cshim.FlushRequest(); freq != fack && len(f.queued) == 0 && len(f.inflight) == 0 {
+		// A multifd sync point: every fill issued so far has landed
+		// (failed pages wait: a page from the stream may still replace
+		// them, and the final re-read comes at finish).
+		cshim.AckFlush(freq)
+		cshim.Kick()
+	}
 	req := cshim.FinishRequest()
 	if req == 0 || len(f.queued) > 0 || len(f.inflight) > 0 {
 		return
@@ -245,7 +263,7 @@ func (f *Fetcher) settle() {
 func (f *Fetcher) sleep() {
 	cshim.SetSleeping()
 	// Re-check after announcing sleep: C may have queued work just before.
-	if cshim.FinishRequest() != 0 && len(f.queued) == 0 && len(f.inflight) == 0 {
+	if freq, fack := cshim.FlushRequest(); (cshim.FinishRequest() != 0 || freq != fack) && len(f.queued) == 0 && len(f.inflight) == 0 {
 		return
 	}
 	fds := []unix.PollFd{{Fd: int32(f.wakeFD), Events: unix.POLLIN}}

@@ -95,10 +95,15 @@ type e2eCase struct {
 	overlay bool
 	// iothread: the disk's controller runs in an iothread.
 	iothread bool
-	// excludeBase (with overlay): both sides load the library with
-	// exclude=<the raw base file> and exclude=d0 (a drive id, which names
-	// no disk node).
-	excludeBase bool
+	// exclude: both sides load the library with exclude= each of these
+	// ("$IMAGE" stands for the case's image file).
+	exclude []string
+	// slowStorage: the shared NBD storage is throttled to this many bytes
+	// per second for reads, from just before the migration until it ended.
+	slowStorage int64
+	// hotplug: a second SCSI controller for hot-plugged disks and a
+	// CD-ROM (an ISO read through the host page cache) on both sides.
+	hotplug bool
 	// uefi: the guest boots through OVMF (Debian's ovmf: read-only
 	// OVMF_CODE in pflash unit 0, a per-VM copy of OVMF_VARS in unit 1).
 	uefi bool
@@ -369,19 +374,52 @@ func cases() []e2eCase {
 		nasmigBothSides(e2eCase{
 			// Every read of pagecache-read comes from the raw base under an
 			// empty overlay: excluding the base by filename leaves nothing
-			// to reference, and "d0" (a drive id) must be reported.
-			name: "26-exclude-by-filename", workload: "pagecache-read", fileDisk: true, overlay: true, excludeBase: true,
-			check: func(t *testing.T, o outcome) {
-				if o.src.RefPages != 0 {
-					t.Errorf("%d references to an excluded disk", o.src.RefPages)
-				}
+			// to reference, and a name that matches no disk is reported.
+			name: "26-exclude-by-filename", workload: "pagecache-read", fileDisk: true, overlay: true,
+			exclude: []string{"$IMAGE", "no-such-disk"},
+			check:   requireNoRefs,
+			flow:    excludeFlow("no-such-disk"),
+		}),
+		nasmigBothSides(e2eCase{
+			// The names a -drive / -device user knows: the drive id, the
+			// device id and the node name of the disk's top node all reach
+			// the NBD node below them.
+			name: "26b-exclude-by-drive-id", workload: "pagecache-read",
+			exclude: []string{harness.DiskDriveID}, check: requireNoRefs, flow: excludeFlow(""),
+		}),
+		nasmigBothSides(e2eCase{
+			name: "26c-exclude-by-device-id", workload: "pagecache-read",
+			exclude: []string{harness.DiskDeviceID}, check: requireNoRefs, flow: excludeFlow(""),
+		}),
+		nasmigBothSides(e2eCase{
+			name: "26d-exclude-by-node-name", workload: "pagecache-read",
+			exclude: []string{harness.DiskNodeName}, check: requireNoRefs, flow: excludeFlow(""),
+		}),
+		nasmigBothSides(e2eCase{
+			// The guest overwrites its files while the destination's reads
+			// crawl: blocks change after their reference went out, and are
+			// re-read at multifd's flushes before the page's resend
+			// arrives.  Every failed block is asked from the source.
+			name: "29-multifd-mixed-slow-storage", workload: "mixed", settle: 3, slowStorage: 40_000_000,
+			opts: harness.MigrateOpts{
+				Caps:   map[string]bool{"multifd": true},
+				Params: map[string]any{"multifd-channels": 2},
 			},
-			flow: func(t *testing.T, ctx context.Context, p *pair) {
-				migrateAndCheck(t, ctx, p)
-				if log := p.src.LogTail(400); !strings.Contains(log, "exclude= matches no disk") || !strings.Contains(log, `"exclude":"d0"`) {
-					t.Errorf("the source's log does not report that exclude=d0 matches no disk:\n%s", p.src.LogTail(20))
-				}
+			flow: slowStorageFlow,
+		}),
+		nasmigBothSides(e2eCase{
+			name: "29b-xbzrle-mixed-slow-storage", workload: "mixed", settle: 3, slowStorage: 40_000_000,
+			opts: harness.MigrateOpts{
+				Caps:   map[string]bool{"xbzrle": true},
+				Params: map[string]any{"max-bandwidth": 60_000_000},
 			},
+			flow: slowStorageFlow,
+		}),
+		nasmigBothSides(e2eCase{
+			// A disk hot-plugged, read and unplugged, then another file
+			// hot-plugged under the same node name; a CD-ROM attached.
+			name: "28-hotplug-unplug-cdrom", workload: "pagecache-read", hotplug: true,
+			flow: hotplugFlow,
 		}),
 		nasmigBothSides(e2eCase{
 			// Two readers keep reading the disk (O_DIRECT into their own
@@ -450,6 +488,29 @@ func destinationLacksDiskFlow(t *testing.T, ctx context.Context, p *pair) {
 		p.fig.note = truncate(reasons[0], 80)
 	}
 	expectSourceAlive(t, ctx, p)
+}
+
+func requireNoRefs(t *testing.T, o outcome) {
+	t.Helper()
+	if o.src.RefPages != 0 {
+		t.Errorf("%d references to an excluded disk", o.src.RefPages)
+	}
+}
+
+// excludeFlow migrates and checks the source's log: exclude= names that
+// match no disk are reported (unmatched), and no others.
+func excludeFlow(unmatched string) func(t *testing.T, ctx context.Context, p *pair) {
+	return func(t *testing.T, ctx context.Context, p *pair) {
+		migrateAndCheck(t, ctx, p)
+		log := p.src.LogTail(400)
+		for _, name := range p.c.exclude {
+			name = strings.ReplaceAll(name, "$IMAGE", p.image)
+			reported := strings.Contains(log, `"exclude":"`+name+`","disks"`)
+			if reported != (name == unmatched) {
+				t.Errorf("exclude=%s: reported as matching no disk: %v, want %v:\n%s", name, reported, name == unmatched, p.src.LogTail(20))
+			}
+		}
+	}
 }
 
 func requireRefs(t *testing.T, o outcome) {
@@ -601,6 +662,7 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 		// driver over NBD, and references name offsets in the qcow2 file.
 		p.storage, err = p.run.StartStorage(ctx, harness.StorageConfig{
 			Binary: env.StorageDaemonBinary(), Image: p.image, Format: c.format, CacheDirect: true,
+			Throttle: c.slowStorage > 0,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -618,8 +680,15 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 		}
 		srcCfg.ExtraArgs = append(srcCfg.ExtraArgs, args...)
 	}
-	if c.excludeBase {
-		extraPluginArgs = []string{"exclude=" + p.image, "exclude=d0"}
+	for _, name := range c.exclude {
+		extraPluginArgs = append(extraPluginArgs, "exclude="+strings.ReplaceAll(name, "$IMAGE", p.image))
+	}
+	if c.hotplug {
+		args, err := hotplugArgs(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srcCfg.ExtraArgs = append(srcCfg.ExtraArgs, args...)
 	}
 	c.src.apply(&srcCfg, env)
 	if p.src, err = p.run.StartVM(ctx, srcCfg); err != nil {
@@ -720,17 +789,28 @@ func (p *pair) finish(t *testing.T, result *harness.MigrationResult) {
 // identical, the case's counters, then the destination runs on: heartbeat
 // and verify.
 func migrateAndCheck(t *testing.T, ctx context.Context, p *pair) {
+	o := migrateAndCompare(t, ctx, p)
+	if p.c.check != nil {
+		p.c.check(t, o)
+	}
+	resumeAndVerify(t, ctx, p)
+}
+
+// migrateAndCompare migrates; both sides must end paused with identical
+// RAM.  Each after function runs once the migration ended, before the checks.
+func migrateAndCompare(t *testing.T, ctx context.Context, p *pair, after ...func()) outcome {
+	t.Helper()
 	result, err := p.migrate(t, ctx)
+	for _, f := range after {
+		f()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	expectStatus(t, ctx, p.src, "postmigrate")
 	expectStatus(t, ctx, p.dst, "paused")
 	compareRAM(t, ctx, p)
-	if p.c.check != nil {
-		p.c.check(t, outcomeOf(result))
-	}
-	resumeAndVerify(t, ctx, p)
+	return outcomeOf(result)
 }
 
 func expectStatus(t *testing.T, ctx context.Context, vm *harness.VM, want string) {

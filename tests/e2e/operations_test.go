@@ -581,3 +581,22 @@ func backgroundSnapshotFlow(t *testing.T, ctx context.Context, p *pair) {
 	}
 	t.Logf("restored background snapshot runs (heartbeats %v) and verifies (%d files)", beats, checked)
 }
+
+// slowStorageFlow throttles the shared storage's reads to the case's rate
+// for the migration (the guest keeps writing meanwhile), then lifts the
+// limit for the guest's own verification: the migration completes with
+// identical RAM, whatever failed verification recovered from the source.
+func slowStorageFlow(t *testing.T, ctx context.Context, p *pair) {
+	if err := p.storage.SetReadLimit(ctx, p.c.slowStorage); err != nil {
+		t.Fatal(err)
+	}
+	o := migrateAndCompare(t, ctx, p, func() {
+		if err := p.storage.SetReadLimit(ctx, 0); err != nil {
+			t.Error(err)
+		}
+	})
+	requireRefs(t, o)
+	t.Logf("storage at %d MB/s: %d references, %d fetched in %d ms, %d verify failures, %d fallbacks (pages asked from the source)",
+		p.c.slowStorage/1_000_000, o.src.RefPages, o.dst.FetchedPages, o.dst.FetchTimeMs, o.dst.VerifyFailures, o.dst.Fallbacks)
+	resumeAndVerify(t, ctx, p)
+}

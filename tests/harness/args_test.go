@@ -55,14 +55,14 @@ func containsSeq(args, seq []string) bool {
 
 func TestVMArgsDiskBuses(t *testing.T) {
 	uri := NBDUnixURI("disk0", "/sock/storage.nbd")
-	drive := []string{"-drive", "file=nbd+unix:///disk0?socket=/sock/storage.nbd,format=raw,if=none,id=d0,cache.direct=on"}
+	drive := []string{"-drive", "file=nbd+unix:///disk0?socket=/sock/storage.nbd,format=raw,if=none,id=d0,node-name=disk0,cache.direct=on"}
 	for _, tc := range []struct {
 		bus     string
 		devices []string
 	}{
-		{BusVirtio, []string{"-device", "virtio-blk-pci,drive=d0"}},
-		{BusAHCI, []string{"-device", "ahci,id=ahci0", "-device", "ide-hd,drive=d0,bus=ahci0.0"}},
-		{BusVirtioSCSI, []string{"-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=d0,bus=scsi0.0"}},
+		{BusVirtio, []string{"-device", "virtio-blk-pci,drive=d0,id=vdisk0"}},
+		{BusAHCI, []string{"-device", "ahci,id=ahci0", "-device", "ide-hd,drive=d0,id=vdisk0,bus=ahci0.0"}},
+		{BusVirtioSCSI, []string{"-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=d0,id=vdisk0,bus=scsi0.0"}},
 	} {
 		cfg := baseVMConfig()
 		cfg.Disk = &DiskConfig{URI: uri, Format: FormatRaw, Bus: tc.bus, CacheDirect: true}
@@ -93,7 +93,7 @@ func TestVMArgsPluginIncomingExtra(t *testing.T) {
 	if !containsSeq(args, []string{"-plugin", "/out/libnasmig.so,enable=on,log=debug,logfile=/run/dst,plugin.log"}) {
 		t.Errorf("plugin args wrong: %q", args)
 	}
-	if !containsSeq(args, []string{"-drive", "file=/images/a,,b.qcow2,format=qcow2,if=none,id=d0"}) {
+	if !containsSeq(args, []string{"-drive", "file=/images/a,,b.qcow2,format=qcow2,if=none,id=d0,node-name=disk0"}) {
 		t.Errorf("drive with comma in path not escaped, or cache.direct set: %q", args)
 	}
 	if !containsSeq(args, []string{"-S", "-incoming", "defer", "-global", "foo.bar=1"}) {

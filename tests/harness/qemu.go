@@ -127,6 +127,15 @@ func (c VMConfig) Validate() error {
 // inside a value, and a path or URI may contain one.
 func escapeOpt(value string) string { return strings.ReplaceAll(value, ",", ",,") }
 
+// The names the guest disk goes by, each of a kind an operator may pass to
+// the library's exclude=: the drive id, the id of the device that attaches
+// it, and the node name of its top (format) node.
+const (
+	DiskDriveID  = "d0"
+	DiskDeviceID = "vdisk0"
+	DiskNodeName = "disk0"
+)
+
 // diskDeviceArgs returns the -device arguments that attach drive d0.
 func diskDeviceArgs(bus string, iothread bool) ([]string, error) {
 	var io []string
@@ -136,14 +145,14 @@ func diskDeviceArgs(bus string, iothread bool) ([]string, error) {
 	}
 	switch bus {
 	case BusVirtio:
-		return append(io, "-device", "virtio-blk-pci,drive=d0"+onIO), nil
+		return append(io, "-device", "virtio-blk-pci,drive=d0,id=vdisk0"+onIO), nil
 	case BusAHCI:
 		if iothread {
 			return nil, fmt.Errorf("disk bus %q has no iothread", bus)
 		}
-		return []string{"-device", "ahci,id=ahci0", "-device", "ide-hd,drive=d0,bus=ahci0.0"}, nil
+		return []string{"-device", "ahci,id=ahci0", "-device", "ide-hd,drive=d0,id=vdisk0,bus=ahci0.0"}, nil
 	case BusVirtioSCSI:
-		return append(io, "-device", "virtio-scsi-pci,id=scsi0"+onIO, "-device", "scsi-hd,drive=d0,bus=scsi0.0"), nil
+		return append(io, "-device", "virtio-scsi-pci,id=scsi0"+onIO, "-device", "scsi-hd,drive=d0,id=vdisk0,bus=scsi0.0"), nil
 	default:
 		return nil, fmt.Errorf("disk bus %q: want %q, %q or %q", bus, BusVirtio, BusAHCI, BusVirtioSCSI)
 	}
@@ -185,7 +194,7 @@ func (c VMConfig) Args(p VMPaths) ([]string, error) {
 		"-serial", "chardev:ser0",
 	)
 	if d := c.Disk; d != nil {
-		drive := "file=" + escapeOpt(d.URI) + ",format=" + d.Format + ",if=none,id=d0"
+		drive := "file=" + escapeOpt(d.URI) + ",format=" + d.Format + ",if=none,id=d0,node-name=disk0"
 		if d.CacheDirect {
 			drive += ",cache.direct=on"
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,11 +31,17 @@ type StorageConfig struct {
 	CacheDirect bool   // cache.direct=on on the file node: reads reach the disk, not the host page cache
 	ExportName  string // default "disk0"
 	ReadOnly    bool   // export read-only; default writable
+
+	// Throttle puts a throttle filter (group tg0, unlimited at start)
+	// under the export and opens a QMP monitor, so that a test can make
+	// the storage slow while it runs (SetReadLimit).
+	Throttle bool
 }
 
 // StoragePaths are the files of one storage daemon.
 type StoragePaths struct {
 	Socket  string // the NBD server's unix socket
+	QMP     string // its QMP monitor (with Throttle)
 	Log     string
 	CmdLine string
 }
@@ -44,6 +51,7 @@ type StoragePaths struct {
 func NewStoragePaths(dir, socketDir, name string) StoragePaths {
 	return StoragePaths{
 		Socket:  filepath.Join(socketDir, name+".nbd"),
+		QMP:     filepath.Join(socketDir, name+".qmp"),
 		Log:     filepath.Join(dir, name+".log"),
 		CmdLine: filepath.Join(dir, name+".cmdline"),
 	}
@@ -84,6 +92,15 @@ func (c StorageConfig) Args(p StoragePaths) ([]string, error) {
 	if c.ExportFormatNode {
 		args = append(args, "--blockdev", "driver="+c.Format+",node-name=fmt0,file=file0")
 		exportNode = "fmt0"
+	}
+	if c.Throttle {
+		args = append(args,
+			"--object", "throttle-group,id=tg0",
+			"--blockdev", "driver=throttle,node-name=thr0,throttle-group=tg0,file="+exportNode,
+			"--chardev", "socket,id=qmp0,path="+escapeOpt(p.QMP)+",server=on,wait=off",
+			"--monitor", "chardev=qmp0",
+		)
+		exportNode = "thr0"
 	}
 	writable := "on"
 	if c.ReadOnly {
@@ -159,6 +176,26 @@ func (s *StorageDaemon) logTailForError() string {
 		return ""
 	}
 	return "\nqemu-storage-daemon log (" + s.Paths.Log + "):\n" + tail
+}
+
+// SetReadLimit limits the export's reads to bytesPerSec (0: unlimited);
+// only with Throttle.
+func (s *StorageDaemon) SetReadLimit(ctx context.Context, bytesPerSec int64) error {
+	if !s.Config.Throttle {
+		return errors.New("storage: SetReadLimit without Throttle")
+	}
+	q, err := DialQMP(ctx, s.Paths.QMP, io.Discard)
+	if err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	defer q.Close()
+	_, err = q.Execute(ctx, "qom-set", map[string]any{
+		"path": "tg0", "property": "limits", "value": map[string]any{"bps-read": bytesPerSec},
+	})
+	if err != nil {
+		return fmt.Errorf("storage: read limit %d B/s: %w", bytesPerSec, err)
+	}
+	return nil
 }
 
 // URI is what a QEMU passes as the drive's file: nbd+unix:///EXPORT?socket=PATH.
