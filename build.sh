@@ -201,7 +201,9 @@ build_go() {
 	step "building libnasmig.so and the tools"
 	mkdir -p "$OUT"
 	go build -buildmode=c-shared -o "$OUT/libnasmig.so" ./plugin
-	rm -f "$OUT/libnasmig.h"
+	# Test-only: the same library under AddressSanitizer (one e2e case).
+	go build -asan -buildmode=c-shared -o "$OUT/libnasmig-asan.so" ./plugin
+	rm -f "$OUT/libnasmig.h" "$OUT/libnasmig-asan.h"
 	for t in tools/*/; do
 		t=${t%/}
 		[ -f "$t/main.go" ] && go build -o "$OUT/$(basename "$t")" "./$t"

@@ -33,6 +33,7 @@ const (
 	nasmigOn                       // -plugin libnasmig.so,log=info (auto=on: every migration that can use references does)
 	nasmigOff                      // -plugin libnasmig.so,enable=off: must change nothing
 	nasmigStrict                   // -plugin libnasmig.so,strict=on: a disk this side cannot read fails the migration
+	nasmigASan                     // -plugin libnasmig-asan.so,log=info, the ASan runtime preloaded into QEMU
 )
 
 func (m pluginMode) String() string {
@@ -43,6 +44,8 @@ func (m pluginMode) String() string {
 		return "nasmig enable=off"
 	case nasmigStrict:
 		return "nasmig strict=on"
+	case nasmigASan:
+		return "nasmig under AddressSanitizer"
 	}
 	return "no plugin"
 }
@@ -57,6 +60,12 @@ func (m pluginMode) apply(cfg *harness.VMConfig, env harness.Env) {
 	switch m {
 	case nasmigOn:
 		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"log=info"}
+	case nasmigASan:
+		cfg.Plugin, cfg.PluginArgs = env.ASanPluginPath(), []string{"log=info"}
+		// QEMU itself is not instrumented: the runtime must come first.
+		// Any report aborts QEMU, which fails the case.
+		cfg.Env = append(cfg.Env, "LD_PRELOAD="+asanRuntime,
+			"ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=0")
 	case nasmigOff:
 		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"enable=off", "log=info"}
 	case nasmigStrict:
@@ -415,6 +424,13 @@ func cases() []e2eCase {
 			},
 			flow: slowStorageFlow,
 		}),
+		{
+			// The library's C hot paths under AddressSanitizer on both
+			// sides, through the flow that frees the most: a guest that
+			// overwrites its files, disks hot-plugged and removed.
+			name: "30-asan-hotplug-mixed", workload: "mixed", settle: 3, hotplug: true,
+			src: nasmigASan, dst: nasmigASan, flow: asanFlow(hotplugFlow),
+		},
 		nasmigBothSides(e2eCase{
 			// A disk hot-plugged, read and unplugged, then another file
 			// hot-plugged under the same node name; a CD-ROM attached.

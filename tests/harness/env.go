@@ -67,8 +67,13 @@ func (e Env) Check() error {
 func (e Env) QEMUBinary() string    { return filepath.Join(e.Out, "qemu-system-x86_64") }
 func (e Env) QEMUImgBinary() string { return filepath.Join(e.Out, "qemu-img") }
 func (e Env) PluginPath() string    { return filepath.Join(e.Out, "libnasmig.so") }
-func (e Env) Kernel() string        { return filepath.Join(e.Guest, "vmlinuz") }
-func (e Env) Initrd() string        { return filepath.Join(e.Guest, "initrd.img") }
+
+// ASanPluginPath is the library built with AddressSanitizer (go build
+// -asan, its C compiled with -fsanitize=address), for a QEMU that preloads
+// the ASan runtime.
+func (e Env) ASanPluginPath() string { return filepath.Join(e.Out, "libnasmig-asan.so") }
+func (e Env) Kernel() string         { return filepath.Join(e.Guest, "vmlinuz") }
+func (e Env) Initrd() string         { return filepath.Join(e.Guest, "initrd.img") }
 
 // StorageDaemonBinary is $NASMIG_OUT/qemu-storage-daemon; when NASMIG_OUT is
 // a QEMU build folder instead, where the daemon stays in storage-daemon/,

@@ -59,6 +59,7 @@ type VMConfig struct {
 	PluginArgs []string // "key=value", appended to -plugin as ",key=value"
 	Incoming   bool     // destination: -incoming defer, stays paused after migration
 	ExtraArgs  []string // appended last, verbatim
+	Env        []string // added to QEMU's environment ("KEY=value")
 }
 
 // VMPaths are the files of one QEMU process. Sockets may live apart from the
@@ -267,6 +268,9 @@ func StartVM(ctx context.Context, cfg VMConfig, paths VMPaths) (*VM, error) {
 	}
 
 	vm.cmd = exec.Command(cfg.Binary, args...)
+	if len(cfg.Env) > 0 {
+		vm.cmd.Env = append(os.Environ(), cfg.Env...)
+	}
 	vm.cmd.Stdout = vm.qemuLog
 	vm.cmd.Stderr = vm.qemuLog
 	// A test binary killed by a timeout must not leave guests running.
