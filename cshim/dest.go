@@ -111,6 +111,11 @@ func SetSleeping() {
 	atomic.StoreInt32((*int32)(unsafe.Pointer(&C.nasmig_g.go_sleeping)), 1)
 }
 
+// WorkReady reports a request or completion waiting in the rings (called
+// after SetSleeping: one published just before found the worker awake and
+// did not wake it).
+func WorkReady() bool { return C.nasmig_fetch_work_ready() != 0 }
+
 // FlushRequest returns QEMU's latest flush request and the last one
 // answered.
 func FlushRequest() (req, ack uint32) {

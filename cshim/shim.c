@@ -973,6 +973,22 @@ void nasmig_lib_read_done(uint64_t cookie, int ret)
     wake_go();
 }
 
+/* Whether the consumer would pop something now (only the consumer calls). */
+static int ring_ready(struct ring *r)
+{
+    return r->slots && LOAD_ACQ(ring_seq(r, r->tail)) == r->tail + 1;
+}
+
+/*
+ * The Go fetcher, after announcing that it sleeps: is there work it would
+ * miss?  A request or completion published between its last pop and the
+ * announcement found it awake and did not write the eventfd.
+ */
+int nasmig_fetch_work_ready(void)
+{
+    return ring_ready(&req_ring) || ring_ready(&done_ring);
+}
+
 unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max)
 {
     return ring_pop(&done_ring, out, max);

@@ -246,6 +246,7 @@ int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,
 void nasmig_call_kick(void);
 int nasmig_call_send_to_source(const uint8_t *buf, size_t len);
 void nasmig_call_approve_switchover(int force);
+int nasmig_fetch_work_ready(void);
 void nasmig_call_log(int level, const char *msg);
 void nasmig_set_host(const struct nasmig_host *host);
 

@@ -164,6 +164,7 @@ func (s *Stats) RingDrops() uint64      { return uint64(s.ring_drops) }
 func (s *Stats) Invalidations() uint64  { return uint64(s.invalidations) }
 func (s *Stats) FetchedPages() uint64   { return uint64(s.fetched_pages) }
 func (s *Stats) FetchReads() uint64     { return uint64(s.fetch_reads) }
+func (s *Stats) FetchBytes() uint64     { return uint64(s.fetch_bytes) }
 func (s *Stats) VerifyFailures() uint64 { return uint64(s.verify_failures) }
 func (s *Stats) Fallbacks() uint64      { return uint64(s.fallbacks) }
 func (s *Stats) PendingPages() uint64   { return uint64(s.pending_pages) }

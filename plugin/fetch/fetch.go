@@ -15,7 +15,6 @@ package fetch
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 	"unsafe"
@@ -59,9 +58,7 @@ type Fetcher struct {
 	stop     chan struct{}
 	done     chan struct{}
 
-	queued   []item // sorted by (disk, block) up to sorted
-	sorted   int
-	scratch  []item
+	queued   backlog
 	failed   []item
 	inflight map[uint64]*batch
 	nextID   uint64
@@ -152,17 +149,20 @@ func (f *Fetcher) run() {
 				f.windowRefs, f.windowStart = 0, f.lastRef
 			}
 			f.windowRefs += n
-			for i := 0; i < n; i++ {
-				f.queued = append(f.queued, item{req: reqs[i]})
-			}
+			f.enqueue(reqs[:n], false)
 		}
 		if n := cshim.DonePop(dones); n > 0 {
 			busy = true
 			for i := 0; i < n; i++ {
 				f.complete(dones[i].Cookie(), dones[i].Ret())
+				// Refill at once: the storage keeps reading while the
+				// rest of the completions are verified and filled.
+				if f.queued.len() > 0 && len(f.inflight) < maxInFlight {
+					f.issue(false)
+				}
 			}
 		}
-		if len(f.queued) > 0 && len(f.inflight) < maxInFlight {
+		if f.queued.len() > 0 && len(f.inflight) < maxInFlight {
 			busy = true
 			f.issue(false)
 		}
@@ -192,7 +192,7 @@ func (f *Fetcher) run() {
 // approves the switchover once the source's first pass has arrived, or
 // once the fetch has been caught up for firstPassGrace.
 func (f *Fetcher) maybeApprove(started time.Time) {
-	if !f.hold || len(f.queued) > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval ||
+	if !f.hold || f.queued.len() > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval ||
 		time.Since(f.lastResend) < resendSettle {
 		return
 	}
@@ -216,7 +216,7 @@ func (f *Fetcher) maybeApprove(started time.Time) {
 
 // settle answers barrier and finish requests once nothing is queued or in flight.
 func (f *Fetcher) settle() {
-	if freq, fack := cshim.FlushRequest(); freq != fack && len(f.queued) == 0 && len(f.inflight) == 0 {
+	if freq, fack := cshim.FlushRequest(); freq != fack && f.queued.len() == 0 && len(f.inflight) == 0 {
 		// A multifd sync point: every fill issued so far has landed
 		// (failed pages wait: a page from the stream may still replace
 		// them, and the final re-read comes at finish).
@@ -224,16 +224,18 @@ func (f *Fetcher) settle() {
 		cshim.Kick()
 	}
 	req := cshim.FinishRequest()
-	if req == 0 || len(f.queued) > 0 || len(f.inflight) > 0 {
+	if req == 0 || f.queued.len() > 0 || len(f.inflight) > 0 {
 		return
 	}
 	if len(f.failed) > 0 {
 		// Re-read what failed: the source's data is on storage by now (at a
 		// barrier, as far as it will be before the pages are needed).
-		for i := range f.failed {
-			f.failed[i].retry = true
+		reqs := make([]cshim.FetchReq, len(f.failed))
+		for i, it := range f.failed {
+			reqs[i] = it.req
 		}
-		f.queued, f.failed, f.sorted = f.failed, nil, 0
+		f.failed = nil
+		f.enqueue(reqs, true)
 		f.issue(true)
 		return
 	}
@@ -263,7 +265,10 @@ func (f *Fetcher) settle() {
 func (f *Fetcher) sleep() {
 	cshim.SetSleeping()
 	// Re-check after announcing sleep: C may have queued work just before.
-	if freq, fack := cshim.FlushRequest(); (cshim.FinishRequest() != 0 || freq != fack) && len(f.queued) == 0 && len(f.inflight) == 0 {
+	if cshim.WorkReady() {
+		return
+	}
+	if freq, fack := cshim.FlushRequest(); (cshim.FinishRequest() != 0 || freq != fack) && f.queued.len() == 0 && len(f.inflight) == 0 {
 		return
 	}
 	fds := []unix.PollFd{{Fd: int32(f.wakeFD), Events: unix.POLLIN}}
@@ -284,45 +289,37 @@ func (f *Fetcher) buffer() ([]byte, error) {
 
 // issue coalesces queued items into reads of contiguous blocks, each
 // block read once however many pages reference it.
-func (f *Fetcher) issue(retry bool) {
-	f.sortQueued()
-	// References to a disk this side cannot read fail at once.
-	kept := f.queued[:0]
+// enqueue takes references that arrived; those on a disk this side cannot
+// read fail at once.
+func (f *Fetcher) enqueue(reqs []cshim.FetchReq, retry bool) {
 	var refused []item
-	for _, it := range f.queued {
-		if int32(it.req.Disk()) == cshim.DestDiskRefused {
+	for _, r := range reqs {
+		it := item{req: r, retry: retry}
+		if int32(r.Disk()) == cshim.DestDiskRefused {
 			refused = append(refused, it)
 		} else {
-			kept = append(kept, it)
+			f.queued.add(it)
 		}
 	}
-	f.queued = kept
 	if len(refused) > 0 {
 		f.fail(refused, "the disk is not usable on this side")
 	}
-	i := 0
-	for i < len(f.queued) && (len(f.inflight) < maxInFlight || retry) {
-		first := f.queued[i].req
-		j := i + 1
-		for j < len(f.queued) {
-			r := f.queued[j].req
-			if r.Disk() != first.Disk() || r.Block()-first.Block() >= maxReadBlocks {
-				break
-			}
-			prev := f.queued[j-1].req
-			if r.Block() != prev.Block() && r.Block() != prev.Block()+1 {
-				break
-			}
-			j++
-		}
-		last := f.queued[j-1].req.Block()
+}
+
+// issue starts coalesced reads from the backlog while fewer than
+// maxInFlight are in flight (a final re-read starts them all).
+func (f *Fetcher) issue(retry bool) {
+	f.queued.flush()
+	for f.queued.len() > 0 && (len(f.inflight) < maxInFlight || retry) {
 		buf, err := f.buffer()
 		if err != nil {
 			f.log.Error().Err(err).Msg("no buffer for a storage read; retrying later")
 			break
 		}
+		items := f.queued.next(maxReadBlocks)
+		first, last := items[0].req, items[len(items)-1].req.Block()
 		b := &batch{disk: first.Disk(), first: first.Block(), nblocks: last - first.Block() + 1,
-			buf: buf, items: append([]item(nil), f.queued[i:j]...), retry: retry}
+			buf: buf, items: append([]item(nil), items...), retry: retry}
 		f.nextID++
 		id := f.nextID
 		f.inflight[id] = b
@@ -335,47 +332,7 @@ func (f *Fetcher) issue(retry bool) {
 			cshim.AddFetchReads(1)
 			cshim.AddFetchBytes(b.nblocks * cshim.PageSize)
 		}
-		i = j
 	}
-	f.queued = append(f.queued[:0], f.queued[i:]...)
-	f.sorted = len(f.queued)
-}
-
-func itemLess(a, b *item) bool {
-	if a.req.Disk() != b.req.Disk() {
-		return a.req.Disk() < b.req.Disk()
-	}
-	return a.req.Block() < b.req.Block()
-}
-
-// sortQueued keeps the backlog in (disk, block) order: only the references
-// that arrived since the last pass are sorted, then merged into the sorted
-// backlog, so a pass costs O(backlog + new log new), not a sort of
-// millions of references each time a read completes.
-func (f *Fetcher) sortQueued() {
-	if f.sorted >= len(f.queued) {
-		return
-	}
-	tail := f.queued[f.sorted:]
-	sort.Slice(tail, func(i, j int) bool { return itemLess(&tail[i], &tail[j]) })
-	if f.sorted > 0 {
-		head := f.queued[:f.sorted]
-		merged := f.scratch[:0]
-		i, j := 0, 0
-		for i < len(head) && j < len(tail) {
-			if itemLess(&tail[j], &head[i]) {
-				merged = append(merged, tail[j])
-				j++
-			} else {
-				merged = append(merged, head[i])
-				i++
-			}
-		}
-		merged = append(merged, head[i:]...)
-		merged = append(merged, tail[j:]...)
-		f.scratch, f.queued = f.queued[:0], merged
-	}
-	f.sorted = len(f.queued)
 }
 
 func (f *Fetcher) complete(id uint64, ret int64) {

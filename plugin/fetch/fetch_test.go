@@ -1,57 +1,138 @@
 package fetch
 
 import (
+	"fmt"
 	"math/rand/v2"
-	"sort"
+	"slices"
 	"testing"
+	"time"
 
 	"nasmig/cshim"
 )
 
-// The backlog stays in (disk, block) order however references arrive: in
-// batches, in any order, with duplicates, while reads take from its front.
-func TestBacklogStaysSorted(t *testing.T) {
-	r := rand.New(rand.NewPCG(2026, 12))
-	f := &Fetcher{}
-	var all []item
-	for pass := 0; pass < 200; pass++ {
-		for i := r.IntN(300); i > 0; i-- {
-			it := item{req: cshim.NewFetchReq(0, uint64(len(all)), uint32(r.IntN(3)), uint64(r.IntN(5000)))}
-			f.queued = append(f.queued, it)
-			all = append(all, it)
+// drain takes every read the backlog gives and checks each: one disk,
+// blocks in order and contiguous, within maxBlocks.
+func drain(t testing.TB, q *backlog, maxBlocks uint64, limit int) []item {
+	var out []item
+	for k := 0; k < limit && q.len() > 0; k++ {
+		got := q.next(maxBlocks)
+		if len(got) == 0 {
+			t.Fatalf("next gave nothing with %d queued", q.len())
 		}
-		f.sortQueued()
-		if !sort.SliceIsSorted(f.queued, func(i, j int) bool { return itemLess(&f.queued[i], &f.queued[j]) }) {
-			t.Fatalf("pass %d: backlog of %d out of order", pass, len(f.queued))
+		first := got[0].req
+		for i := 1; i < len(got); i++ {
+			cur, prev := got[i].req, got[i-1].req
+			if cur.Disk() != first.Disk() || cur.Block() < prev.Block() || cur.Block() > prev.Block()+1 ||
+				cur.Block()-first.Block() >= maxBlocks {
+				t.Fatalf("read of %d items not one contiguous run of disk %d: item %d is disk %d block %d after block %d",
+					len(got), first.Disk(), i, cur.Disk(), cur.Block(), prev.Block())
+			}
 		}
-		// A read takes a run from the front, as issue does.
-		n := min(len(f.queued), r.IntN(100))
-		f.queued = append(f.queued[:0], f.queued[n:]...)
-		f.sorted = len(f.queued)
+		out = append(out, got...)
 	}
-	t.Logf("%d references queued over 200 passes", len(all))
+	return out
 }
 
-func TestMergeKeepsEveryItem(t *testing.T) {
-	r := rand.New(rand.NewPCG(7, 7))
-	f := &Fetcher{}
+// Every reference that arrives is read exactly once, however they arrive
+// (batches of any size, any order, duplicate blocks) and however reads
+// interleave with arrivals; each read is a contiguous run.
+func TestBacklogReadsEveryReferenceOnce(t *testing.T) {
+	r := rand.New(rand.NewPCG(2026, 12))
+	var q backlog
 	want := map[uint64]bool{}
+	var got []item
 	page := uint64(0)
-	for pass := 0; pass < 50; pass++ {
-		for i := r.IntN(500); i > 0; i-- {
-			f.queued = append(f.queued, item{req: cshim.NewFetchReq(0, page, uint32(r.IntN(2)), uint64(r.IntN(1000)))})
+	for pass := 0; pass < 300; pass++ {
+		for i := r.IntN(400); i > 0; i-- {
+			q.add(item{req: cshim.NewFetchReq(0, page, uint32(r.IntN(3)), uint64(r.IntN(5000)))})
 			want[page] = true
 			page++
 		}
-		f.sortQueued()
+		q.flush()
+		got = append(got, drain(t, &q, 256, r.IntN(20))...)
 	}
-	if len(f.queued) != len(want) {
-		t.Fatalf("%d items after merging, want %d", len(f.queued), len(want))
+	q.flush()
+	got = append(got, drain(t, &q, 256, 1<<30)...)
+	if q.len() != 0 || len(got) != len(want) {
+		t.Fatalf("%d read, %d left, want %d", len(got), q.len(), len(want))
 	}
-	for _, it := range f.queued {
+	for _, it := range got {
 		if !want[it.req.Page()] {
-			t.Fatalf("page %d twice or unknown", it.req.Page())
+			t.Fatalf("page %d read twice", it.req.Page())
 		}
 		delete(want, it.req.Page())
+	}
+}
+
+// A backlog that arrived at once is read in (disk, block) order, in reads
+// as large as contiguity allows.
+func TestBacklogCoalesces(t *testing.T) {
+	var q backlog
+	perm := rand.New(rand.NewPCG(1, 1)).Perm(1024)
+	for i, b := range perm {
+		q.add(item{req: cshim.NewFetchReq(0, uint64(i), 0, uint64(b))})
+	}
+	q.flush()
+	for k := 0; k < 4; k++ {
+		if got := q.next(256); len(got) != 256 || got[0].req.Block() != uint64(256*k) {
+			t.Fatalf("read %d: %d blocks from %d, want 256 from %d", k, len(got), got[0].req.Block(), 256*k)
+		}
+	}
+	if q.next(256) != nil {
+		t.Fatal("a fifth read from 1024 blocks")
+	}
+}
+
+// The runs stay few: their sizes halve from the bottom up.
+func TestBacklogRunsStayLogarithmic(t *testing.T) {
+	var q backlog
+	r := rand.New(rand.NewPCG(5, 5))
+	for pass := 0; pass < 4096; pass++ {
+		for i := 0; i < 1024; i++ {
+			q.add(item{req: cshim.NewFetchReq(0, 0, 0, r.Uint64N(1<<30))})
+		}
+		q.flush()
+		if len(q.runs) > 2*22 {
+			t.Fatalf("pass %d: %d runs for %d references", pass, len(q.runs), q.len())
+		}
+	}
+	sizes := make([]int, len(q.runs))
+	for i := range q.runs {
+		sizes[i] = len(q.runs[i].rest())
+	}
+	if !slices.IsSortedFunc(sizes, func(a, b int) int { return b - a }) {
+		t.Fatalf("run sizes %v not decreasing", sizes)
+	}
+	t.Logf("%d references in %d runs: %v", q.len(), len(q.runs), sizes)
+}
+
+// BenchmarkBacklog: 4 M references arrive in batches of 1024 while reads
+// of up to 1 MiB take from the front, as during a large migration.  The
+// cost per reference must not grow with the backlog.
+func BenchmarkBacklog(b *testing.B) {
+	for _, total := range []int{1 << 18, 1 << 22} {
+		b.Run(fmt.Sprintf("refs=%d", total), func(b *testing.B) {
+			r := rand.New(rand.NewPCG(9, 9))
+			start := time.Now()
+			for n := 0; n < b.N; n++ {
+				var q backlog
+				block := uint64(0)
+				for added := 0; added < total; added += 1024 {
+					for i := 0; i < 1024; i++ {
+						// Mostly sequential files, with jumps.
+						if r.IntN(64) == 0 {
+							block = r.Uint64N(1 << 28)
+						}
+						block++
+						q.add(item{req: cshim.NewFetchReq(0, 0, 0, block)})
+					}
+					q.flush()
+					q.next(256)
+				}
+				for q.next(256) != nil {
+				}
+			}
+			b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(b.N*total), "ns/ref")
+		})
 	}
 }
