@@ -158,9 +158,13 @@ func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.in
 		cshim.SetErr(fmt.Sprintf("migration key: %v", err))
 		return -C.EIO
 	}
+	// Only disks that hold references are announced: a destination need
+	// not open (and with strict=on must not fail on) a disk nothing points
+	// to.  The map is brought up to date first.
+	lib.m.Sync()
 	for i := 0; i < cshim.DiskCount(); i++ {
 		d := cshim.Disk(i)
-		if d.Excluded {
+		if d.Excluded || lib.m.MappedOn(i) == 0 {
 			continue
 		}
 		s.Disks = append(s.Disks, wire.Disk{Index: uint8(i), Size: d.Size, Filename: d.Filename, NodeName: d.NodeName})

@@ -36,6 +36,7 @@ type Map struct {
 	buf       []cshim.Rec
 	lastLost  uint64
 	mapped    atomic.Int64
+	perDisk   [cshim.MaxDisks]atomic.Int64 // pages mapped to each disk
 }
 
 // New returns the writer of the (global) shared map.
@@ -45,6 +46,14 @@ func New() *Map {
 
 // Mapped is the number of pages the map covers.
 func (m *Map) Mapped() int64 { return m.mapped.Load() }
+
+// MappedOn is the number of pages mapped to blocks of disk.
+func (m *Map) MappedOn(disk int) int64 {
+	if disk < 0 || disk >= cshim.MaxDisks {
+		return 0
+	}
+	return m.perDisk[disk].Load()
+}
 
 // DrainOnce applies up to one buffer of records; returns how many.
 func (m *Map) DrainOnce() int {
@@ -180,6 +189,7 @@ func (m *Map) unmapPage(rb uint32, page uint64, disk int, block uint64) bool {
 	}
 	atomic.StoreUint64(&fwd[page], 0)
 	m.mapped.Add(-1)
+	m.perDisk[disk].Add(-1)
 	cshim.AddMappedPages(-1)
 	return true
 }
@@ -217,6 +227,7 @@ func (m *Map) mapPage(rb uint32, page uint64, disk int, block, hash uint64) {
 	atomic.StoreUint64(slot, revWord(rb, page, hash))
 	atomic.StoreUint64(&fwd[page], fwdWord(disk, block, hash))
 	m.mapped.Add(1)
+	m.perDisk[disk].Add(1)
 	cshim.AddMappedPages(1)
 }
 
