@@ -16,6 +16,46 @@ import (
 	"nasmig/plugin/wire"
 )
 
+// destination is one incoming migration's state in the library, as QEMU's
+// loader sets it up: a RAM block, a shared disk image in C memory served by
+// the test host's read_disk, and the fetcher running.
+type destination struct {
+	rb        int
+	ram, disk []byte
+}
+
+// startDestination registers NAME-ram and NAME-disk (/shared/NAME.raw) of
+// npages pages, fills the disk from seed and starts the fetcher (hold: a
+// live migration with a return path); all of it ends with the test.
+func startDestination(t *testing.T, name string, npages int, seed uint64, hold bool) destination {
+	t.Helper()
+	file := "/shared/" + name + ".raw"
+	size := uint64(npages) * cshim.PageSize
+	cabitest.InstallHost(nil)
+	rb := cshim.RAMBlockAdd(name+"-ram", size)
+	track := cshim.DiskAdd(name+"-disk", file, size)
+	if rb < 0 || track < 0 {
+		t.Fatalf("registration: ram block %d, disk %d", rb, track)
+	}
+	d := destination{rb: rb, ram: cshimtest.CMem(t, int(size)), disk: cshimtest.CMem(t, int(size))}
+	cshimtest.FillRandom(rand.New(rand.NewPCG(seed, seed)), d.disk)
+	cabitest.SetDisk(d.disk)
+	cshim.SetMigKey(cshim.ExpandKey([32]byte{'m', 'i', 'g'}))
+	cshim.DestReset()
+	cshim.StatsReset()
+	cshim.SetDestDisk(0, 0, size, track)
+	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return file }, hold)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cshim.SetDestOn(true)
+	t.Cleanup(func() {
+		cshim.SetDestOn(false)
+		f.Stop()
+	})
+	return d
+}
+
 // The destination's side of a live migration, driven through the ABI as
 // QEMU's loader drives it, with a host whose read_disk reads a disk image
 // in memory: references whose block verifies fill their page and enter this
@@ -25,29 +65,9 @@ import (
 func TestDestinationFillsMapsAndAsksForFailedPages(t *testing.T) {
 	const npages = 8
 	const bad = 5 // the page whose reference carries the wrong hash
-	cabitest.InstallHost(nil)
-	rb := cshim.RAMBlockAdd("fallback-ram", npages*cshim.PageSize)
-	track := cshim.DiskAdd("fallback-disk", "/shared/fallback.raw", npages*cshim.PageSize)
-	if rb < 0 || track < 0 {
-		t.Fatalf("registration: ram block %d, disk %d", rb, track)
-	}
-	ram := cshimtest.CMem(t, npages*cshim.PageSize)
-	disk := cshimtest.CMem(t, npages*cshim.PageSize)
-	cshimtest.FillRandom(rand.New(rand.NewPCG(7, 7)), disk)
-	cabitest.SetDisk(disk)
-
-	cshim.SetMigKey(cshim.ExpandKey([32]byte{'m', 'i', 'g'}))
-	cshim.DestReset()
-	cshim.StatsReset()
-	cshim.SetDestDisk(0, 0, npages*cshim.PageSize, track)
+	dst := startDestination(t, "fallback", npages, 7, true)
+	rb, ram, disk := dst.rb, dst.ram, dst.disk
 	m := p2b.New()
-	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return "/shared/fallback.raw" }, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Stop()
-	cshim.SetDestOn(true)
-	defer cshim.SetDestOn(false)
 
 	for p := uint64(0); p < npages; p++ {
 		block := disk[p*cshim.PageSize : (p+1)*cshim.PageSize]

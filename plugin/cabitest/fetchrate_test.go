@@ -1,17 +1,11 @@
 package cabitest_test
 
 import (
-	"math/rand/v2"
 	"testing"
 	"time"
 	"unsafe"
 
-	"github.com/rs/zerolog"
-
 	"nasmig/cshim"
-	"nasmig/cshim/cshimtest"
-	"nasmig/plugin/cabitest"
-	"nasmig/plugin/fetch"
 	"nasmig/plugin/wire"
 )
 
@@ -26,32 +20,13 @@ func TestFetchRateLibraryOnly(t *testing.T) {
 	// The fills enter this side's map, as in QEMU, where the map writer
 	// always runs.
 	startDrainer(t)
-	cabitest.InstallHost(nil)
-	rb := cshim.RAMBlockAdd("rate-ram", npages*cshim.PageSize)
-	track := cshim.DiskAdd("rate-disk", "/shared/rate.raw", npages*cshim.PageSize)
-	if rb < 0 || track < 0 {
-		t.Fatalf("registration: ram block %d, disk %d", rb, track)
-	}
-	ram := cshimtest.CMem(t, npages*cshim.PageSize)
-	disk := cshimtest.CMem(t, npages*cshim.PageSize)
-	cshimtest.FillRandom(rand.New(rand.NewPCG(11, 11)), disk)
-	cabitest.SetDisk(disk)
-	cshim.SetMigKey(cshim.ExpandKey([32]byte{'r', 'a', 't', 'e'}))
-	cshim.DestReset()
-	cshim.StatsReset()
-	cshim.SetDestDisk(0, 0, npages*cshim.PageSize, track)
+	dst := startDestination(t, "rate", npages, 11, false)
+	rb, ram, disk := dst.rb, dst.ram, dst.disk
 	recs := make([][]byte, npages)
 	for p := range recs {
 		recs[p] = wire.EncodeRef(wire.Ref{Disk: 0, Offset: uint64(p) * cshim.PageSize,
 			Hash: cshim.HashPageMig(disk[p*cshim.PageSize : (p+1)*cshim.PageSize])})
 	}
-	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return "/shared/rate.raw" }, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Stop()
-	cshim.SetDestOn(true)
-	defer cshim.SetDestOn(false)
 
 	start := time.Now()
 	for p := 0; p < npages; p++ {
