@@ -80,8 +80,13 @@ type NBDClient struct {
 // DialNBD connects to the NBD server on the unix socket at socketPath and
 // opens export. ctx bounds the connection and the handshake.
 func DialNBD(ctx context.Context, socketPath, export string) (*NBDClient, error) {
-	var dialer net.Dialer
-	conn, err := dialer.DialContext(ctx, "unix", socketPath)
+	return dialNBD(ctx, "", "unix", socketPath, export)
+}
+
+// dialNBD connects from namespace ns (empty: this one) to network/addr.
+func dialNBD(ctx context.Context, ns, network, addr, export string) (*NBDClient, error) {
+	socketPath := addr
+	conn, err := dialInNetNS(ctx, ns, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("nbd connect %s: %w", socketPath, err)
 	}

@@ -60,6 +60,7 @@ type VMConfig struct {
 	Incoming   bool     // destination: -incoming defer, stays paused after migration
 	ExtraArgs  []string // appended last, verbatim
 	Env        []string // added to QEMU's environment ("KEY=value")
+	NetNS      string   // network namespace to run in (Network); empty: this one
 }
 
 // VMPaths are the files of one QEMU process. Sockets may live apart from the
@@ -251,7 +252,7 @@ func StartVM(ctx context.Context, cfg VMConfig, paths VMPaths) (*VM, error) {
 			return nil, fmt.Errorf("vm %s: remove stale socket: %w", cfg.Name, err)
 		}
 	}
-	if err := os.WriteFile(paths.CmdLine, []byte(shellQuote(append([]string{cfg.Binary}, args...))+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(paths.CmdLine, []byte(shellQuote(NetNSCommand(cfg.NetNS, cfg.Binary, args...).Args)+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("vm %s: %w", cfg.Name, err)
 	}
 	vm := &VM{Config: cfg, Paths: paths, exited: make(chan struct{})}
@@ -267,7 +268,7 @@ func StartVM(ctx context.Context, cfg VMConfig, paths VMPaths) (*VM, error) {
 		return nil, fmt.Errorf("vm %s: %w", cfg.Name, err)
 	}
 
-	vm.cmd = exec.Command(cfg.Binary, args...)
+	vm.cmd = NetNSCommand(cfg.NetNS, cfg.Binary, args...)
 	if len(cfg.Env) > 0 {
 		vm.cmd.Env = append(os.Environ(), cfg.Env...)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +37,12 @@ type StorageConfig struct {
 	// under the export and opens a QMP monitor, so that a test can make
 	// the storage slow while it runs (SetReadLimit).
 	Throttle bool
+
+	// NetNS runs the daemon in a network namespace (Network.Storage) and
+	// Listen is its NBD server's TCP address there (host:port); both empty:
+	// a unix socket in the run's socket folder.
+	NetNS  string
+	Listen string
 }
 
 // StoragePaths are the files of one storage daemon.
@@ -106,8 +113,16 @@ func (c StorageConfig) Args(p StoragePaths) ([]string, error) {
 	if c.ReadOnly {
 		writable = "off"
 	}
+	server := "addr.type=unix,addr.path=" + escapeOpt(p.Socket)
+	if c.Listen != "" {
+		host, port, err := net.SplitHostPort(c.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("storage: listen address: %w", err)
+		}
+		server = "addr.type=inet,addr.host=" + escapeOpt(host) + ",addr.port=" + escapeOpt(port)
+	}
 	args = append(args,
-		"--nbd-server", "addr.type=unix,addr.path="+escapeOpt(p.Socket),
+		"--nbd-server", server,
 		"--export", "type=nbd,id=exp0,node-name="+exportNode+",name="+escapeOpt(c.ExportName)+",writable="+writable,
 	)
 	return args, nil
@@ -135,14 +150,14 @@ func StartStorage(ctx context.Context, cfg StorageConfig, paths StoragePaths) (*
 	if err := os.Remove(paths.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("storage: remove stale socket: %w", err)
 	}
-	if err := os.WriteFile(paths.CmdLine, []byte(shellQuote(append([]string{cfg.Binary}, args...))+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(paths.CmdLine, []byte(shellQuote(NetNSCommand(cfg.NetNS, cfg.Binary, args...).Args)+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
 	s := &StorageDaemon{Config: cfg, Paths: paths, exited: make(chan struct{})}
 	if s.log, err = os.Create(paths.Log); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
-	s.cmd = exec.Command(cfg.Binary, args...)
+	s.cmd = NetNSCommand(cfg.NetNS, cfg.Binary, args...)
 	s.cmd.Stdout = s.log
 	s.cmd.Stderr = s.log
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -155,11 +170,17 @@ func StartStorage(ctx context.Context, cfg StorageConfig, paths StoragePaths) (*
 		close(s.exited)
 	}()
 
-	conn, err := dialUnixWhenReady(ctx, paths.Socket, s.exited)
+	if cfg.Listen == "" {
+		var conn net.Conn
+		if conn, err = dialUnixWhenReady(ctx, paths.Socket, s.exited); err == nil {
+			conn.Close()
+		}
+	} else {
+		err = s.waitTCP(ctx)
+	}
 	if err == nil {
-		conn.Close()
 		var client *NBDClient
-		if client, err = DialNBD(ctx, paths.Socket, cfg.ExportName); err == nil {
+		if client, err = s.Dial(ctx); err == nil {
 			err = client.Close()
 		}
 	}
@@ -198,8 +219,29 @@ func (s *StorageDaemon) SetReadLimit(ctx context.Context, bytesPerSec int64) err
 	return nil
 }
 
-// URI is what a QEMU passes as the drive's file: nbd+unix:///EXPORT?socket=PATH.
+// waitTCP waits until the daemon's TCP listener accepts, or it exits.
+func (s *StorageDaemon) waitTCP(ctx context.Context) error {
+	for {
+		conn, err := dialInNetNS(ctx, s.Config.NetNS, "tcp", s.Config.Listen)
+		if err == nil {
+			return conn.Close()
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("qemu-storage-daemon exited: %v", s.waitErr)
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last: %v)", s.Config.Listen, ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// URI is what a QEMU passes as the drive's file: nbd+unix:///EXPORT?socket=PATH,
+// or nbd://HOST:PORT/EXPORT for a TCP listener.
 func (s *StorageDaemon) URI() string {
+	if s.Config.Listen != "" {
+		return "nbd://" + s.Config.Listen + "/" + uriEscape(s.Config.ExportName)
+	}
 	return NBDUnixURI(s.Config.ExportName, s.Paths.Socket)
 }
 
@@ -239,6 +281,9 @@ func (s *StorageDaemon) Disk(bus string) *DiskConfig {
 
 // Dial opens a new NBD connection to the export: a client beside the QEMUs.
 func (s *StorageDaemon) Dial(ctx context.Context) (*NBDClient, error) {
+	if s.Config.Listen != "" {
+		return dialNBD(ctx, s.Config.NetNS, "tcp", s.Config.Listen, s.Config.ExportName)
+	}
 	return DialNBD(ctx, s.Paths.Socket, s.Config.ExportName)
 }
 
