@@ -170,33 +170,48 @@ func NetNSCommand(ns, binary string, args ...string) *exec.Cmd {
 // dialInNetNS connects from inside namespace ns (the current one when
 // empty). The socket belongs to the namespace it was created in and is then
 // usable from any thread.
-func dialInNetNS(ctx context.Context, ns, network, addr string) (net.Conn, error) {
-	var d net.Dialer
+func dialInNetNS(ctx context.Context, ns, network, addr string) (conn net.Conn, err error) {
 	if ns == "" {
+		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}
-	type result struct {
-		conn net.Conn
-		err  error
+	err = InNetNS(ns, func() error {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// InNetNS runs fn on an OS thread switched into namespace ns, then switches
+// the thread back. The thread must not exit instead: a child process
+// started from it with Pdeathsig (every QEMU here) would be killed with it.
+func InNetNS(ns string, fn func() error) error {
+	target, err := os.Open("/run/netns/" + ns)
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", ns, err)
 	}
-	done := make(chan result, 1)
+	defer target.Close()
+	done := make(chan error, 1)
 	go func() {
-		// The thread never returns to the pool: it exits with the
-		// goroutine, still locked, so its namespace dies with it.
 		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + ns)
+		own, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
-			done <- result{err: fmt.Errorf("netns %s: %w", ns, err)}
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("netns: %w", err)
 			return
 		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- result{err: fmt.Errorf("enter netns %s: %w", ns, err)}
+		defer own.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("enter netns %s: %w", ns, err)
 			return
 		}
-		conn, err := d.DialContext(ctx, network, addr)
-		done <- result{conn, err}
+		err = fn()
+		if unix.Setns(int(own.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked and exits with the goroutine
+		done <- err
 	}()
-	r := <-done
-	return r.conn, r.err
+	return <-done
 }

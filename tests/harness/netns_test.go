@@ -7,38 +7,18 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // listenInNetNS is dialInNetNS's counterpart for the test's server side.
-func listenInNetNS(ns, addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with its namespace
-		f, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- result{err: err}
-			return
-		}
-		l, err := net.Listen("tcp", addr)
-		done <- result{l, err}
-	}()
-	r := <-done
-	return r.l, r.err
+func listenInNetNS(ns, addr string) (l net.Listener, err error) {
+	err = InNetNS(ns, func() error {
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
 }
 
 // TestNetworkLinksAndShaping builds the benchmark's network with a slow

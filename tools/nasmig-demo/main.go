@@ -10,12 +10,14 @@
 // NASMIG_OUT, NASMIG_GUEST, NASMIG_QEMU_DATADIRS, NASMIG_ACCEL, NASMIG_KEEP.
 //
 //	nasmig-demo [-mem MiB] [-mib MiB] [-max-bandwidth bytes/s] [-verify] [-json]
-//	            [-modes stock,nasmig,...] [-runs N] [-out DIR]
+//	            [-modes stock,nasmig,...] [-profiles unix,fast-storage,...] [-runs N] [-out DIR]
 //
-// With -modes and -runs it is the migration benchmark (./build.sh
-// bench-migration): every stock QEMU mode and nasmig, N runs each, medians
-// and ratios to stock pre-copy measured in the same run, written as
-// Markdown and CSV to -out.
+// With -modes, -profiles and -runs it is the migration benchmark
+// (./build.sh bench-migration): every stock QEMU mode and nasmig, N runs
+// each, on an emulated data-center network (three network namespaces:
+// source, destination and storage host, each link shaped with tc), medians
+// and ratios to stock pre-copy on the same network measured in the same
+// run, written as Markdown and CSV to -out.
 package main
 
 import (
@@ -28,10 +30,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"nasmig/tests/harness"
@@ -69,9 +74,14 @@ func modeByName(name string) (mode, bool) {
 	return mode{}, false
 }
 
+// unixProfile is no network: unix sockets on this host, unshaped.
+const unixProfile = "unix"
+
 // row is one migration's figures.
 type row struct {
-	Mode             string `json:"mode"` // a name of modes
+	Accel            string `json:"accel"`
+	Profile          string `json:"profile"` // unixProfile or a harness.NetProfiles name
+	Mode             string `json:"mode"`    // a name of modes
 	Run              int    `json:"run"`
 	GuestRAMMiB      int    `json:"guest_ram_mib"`
 	RequestedMiB     int    `json:"requested_page_cache_mib"` // nasmig.mib
@@ -80,6 +90,11 @@ type row struct {
 	TransferredBytes int64  `json:"transferred_bytes"`        // ram.transferred
 	RefPages         int64  `json:"ref_pages"`                // disk-refs.ref-pages (source)
 	FetchedPages     int64  `json:"fetched_pages"`            // disk-refs.fetched-pages (destination)
+	FetchBytes       int64  `json:"fetch_bytes"`              // disk-refs.fetch-bytes (destination)
+	FetchReads       int64  `json:"fetch_reads"`              // disk-refs.fetch-reads (destination)
+	DirtySyncs       int64  `json:"dirty_syncs"`              // ram.dirty-sync-count (source)
+	SrcCPUms         int64  `json:"src_cpu_ms"`               // the source QEMU's CPU time during the migration
+	DstCPUms         int64  `json:"dst_cpu_ms"`               // the destination QEMU's, from migrate-incoming to completed
 	TotalTimeMs      int64  `json:"total_time_ms"`
 	DowntimeMs       int64  `json:"downtime_ms"`
 	RAMMatch         bool   `json:"ram_match"`
@@ -96,6 +111,7 @@ type options struct {
 	verify       bool
 	json         bool
 	modes        []mode
+	profiles     []string
 	runs         int
 	out          string
 }
@@ -108,6 +124,7 @@ func main() {
 	flag.BoolVar(&o.verify, "verify", false, "after each migration, let the guest check its files on the destination (slow under TCG: ~34 MiB/s)")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON on stdout (progress goes to stderr)")
 	modeList := flag.String("modes", "stock,nasmig", "comma-separated modes: "+modeNames())
+	profileList := flag.String("profiles", unixProfile, "comma-separated networks: "+profileNames())
 	flag.IntVar(&o.runs, "runs", 1, "migrations per mode (figures are medians)")
 	flag.StringVar(&o.out, "out", "", "folder for results.md and results.csv (none: print only)")
 	flag.Usage = func() {
@@ -133,6 +150,14 @@ func main() {
 		}
 		o.modes = append(o.modes, m)
 	}
+	for _, name := range strings.Split(*profileList, ",") {
+		name = strings.TrimSpace(name)
+		if _, ok := harness.NetProfileByName(name); !ok && name != unixProfile {
+			fmt.Fprintf(os.Stderr, "nasmig-demo: unknown profile %q (known: %s)\n", name, profileNames())
+			os.Exit(2)
+		}
+		o.profiles = append(o.profiles, name)
+	}
 	say := io.Writer(os.Stdout)
 	if o.json {
 		say = os.Stderr
@@ -145,7 +170,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "nasmig-demo:", encErr)
 			os.Exit(1)
 		}
-	} else if len(rows) > 0 && o.runs == 1 && len(o.modes) == 2 {
+	} else if len(rows) > 0 && o.runs == 1 && len(o.modes) == 2 && len(o.profiles) == 1 {
 		printTable(os.Stdout, rows)
 	} else if len(rows) > 0 {
 		printSummary(os.Stdout, o, rows)
@@ -174,7 +199,10 @@ func demo(o options, say io.Writer) ([]row, error) {
 	if _, err := os.Stat(env.PluginPath()); err != nil {
 		return nil, fmt.Errorf("libnasmig.so: %w", err)
 	}
-	ctx := context.Background()
+	// Ctrl-C ends the run through ctx, so that every deferred cleanup
+	// (QEMUs, storage daemon, network namespaces) still runs.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 
 	step("choosing the accelerator (KVM if the guest boots under it, else TCG)")
 	probe := env.ProbeConfig()
@@ -199,26 +227,36 @@ func demo(o options, say io.Writer) ([]row, error) {
 	step("guest: %d MiB RAM, workload pagecache-read, nasmig.mib=%d; migration max-bandwidth %s; accelerator %s",
 		o.memMiB, o.mib, bandwidth, accel.Accel)
 
+	if slices.ContainsFunc(o.profiles, func(p string) bool { return p != unixProfile }) {
+		if err := removeStaleNetworks(ctx); err != nil {
+			return nil, err
+		}
+	}
 	var rows []row
 	var failures []string
-	total := len(o.modes) * o.runs
+	total := len(o.profiles) * len(o.modes) * o.runs
 	started := time.Now()
-	for run := 1; run <= o.runs; run++ {
-		for _, m := range o.modes {
-			n := len(rows) + 1
-			eta := "?"
-			if n > 1 {
-				eta = (time.Since(started) / time.Duration(n-1) * time.Duration(total-n+1)).Round(time.Second).String()
-			}
-			step("migration %d of %d: %s, run %d of %d (elapsed %s, ETA %s)", n, total, m.Name, run, o.runs,
-				time.Since(started).Round(time.Second), eta)
-			r := migrateOnce(ctx, env, accel.Accel, o, m, step)
-			r.Run = run
-			rows = append(rows, r)
-			if r.Error != "" {
-				failures = append(failures, m.Name+": "+r.Error)
-			} else if !r.RAMMatch {
-				failures = append(failures, m.Name+": guest RAM differs after migration")
+	for _, profile := range o.profiles {
+		for run := 1; run <= o.runs; run++ {
+			for _, m := range o.modes {
+				if ctx.Err() != nil {
+					return rows, ctx.Err()
+				}
+				n := len(rows) + 1
+				eta := "?"
+				if n > 1 {
+					eta = (time.Since(started) / time.Duration(n-1) * time.Duration(total-n+1)).Round(time.Second).String()
+				}
+				step("migration %d of %d: %s on %s, run %d of %d (elapsed %s, ETA %s)", n, total, m.Name, profile, run, o.runs,
+					time.Since(started).Round(time.Second), eta)
+				r := migrateOnce(ctx, env, accel.Accel, o, profile, m, step)
+				r.Run, r.Accel = run, accel.Accel
+				rows = append(rows, r)
+				if r.Error != "" {
+					failures = append(failures, profile+"/"+m.Name+": "+r.Error)
+				} else if !r.RAMMatch {
+					failures = append(failures, profile+"/"+m.Name+": guest RAM differs after migration")
+				}
 			}
 		}
 	}
@@ -230,8 +268,8 @@ func demo(o options, say io.Writer) ([]row, error) {
 
 // migrateOnce boots the guest on shared storage, migrates it and compares
 // RAM. Errors end up in the row.
-func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, m mode, step func(string, ...any)) (r row) {
-	r = row{Mode: m.Name, GuestRAMMiB: o.memMiB, RequestedMiB: o.mib}
+func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, profile string, m mode, step func(string, ...any)) (r row) {
+	r = row{Profile: profile, Mode: m.Name, GuestRAMMiB: o.memMiB, RequestedMiB: o.mib}
 	pluginArgs := m.PluginArgs
 	run, err := harness.NewRun("demo-"+m.Name, env.Keep, prefixWriter{os.Stderr, "    "})
 	if err != nil {
@@ -261,10 +299,22 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 	if err != nil {
 		return fail(err)
 	}
-	step("starting qemu-storage-daemon: the image's file node exported over NBD (cache.direct=on), shared by both QEMUs")
-	storage, err := run.StartStorage(ctx, harness.StorageConfig{
+	storageCfg := harness.StorageConfig{
 		Binary: env.StorageDaemonBinary(), Image: image, Format: harness.FormatRaw, CacheDirect: true,
-	})
+	}
+	var network *harness.Network
+	if prof, ok := harness.NetProfileByName(profile); ok {
+		network, err = harness.NewNetwork(ctx, fmt.Sprintf("%s%d", netnsPrefix, os.Getpid()), prof)
+		if err != nil {
+			return fail(err)
+		}
+		run.AddCleanup("network "+profile, network.Close)
+		step("network %s: migration link %s, storage links %s (namespaces %s, %s, %s; tc tbf on each sending device)",
+			profile, bitRate(prof.MigrationBits), bitRate(prof.StorageBits), network.Src, network.Dst, network.Storage)
+		storageCfg.NetNS, storageCfg.Listen = network.Storage, network.StorageAddr+":10809"
+	}
+	step("starting qemu-storage-daemon: the image's file node exported over NBD (cache.direct=on), shared by both QEMUs")
+	storage, err := run.StartStorage(ctx, storageCfg)
 	if err != nil {
 		return fail(err)
 	}
@@ -272,6 +322,9 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 	srcCfg := env.VMConfig("src", accel, o.memMiB, harness.GuestCmdline("pagecache-read", o.mib, true))
 	srcCfg.Disk = storage.Disk(harness.BusVirtio)
 	srcCfg.Plugin, srcCfg.PluginArgs = env.PluginPath(), pluginArgs
+	if network != nil {
+		srcCfg.NetNS = network.Src
+	}
 	step("starting the source QEMU with -plugin libnasmig.so,%s", strings.Join(pluginArgs, ","))
 	src, err := run.StartVM(ctx, srcCfg)
 	if err != nil {
@@ -302,23 +355,36 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 	dstCfg := srcCfg
 	dstCfg.Name = "dst"
 	dstCfg.Incoming = true
+	if network != nil {
+		dstCfg.NetNS = network.Dst
+	}
 	step("starting the destination QEMU (same plugin arguments, -incoming defer, paused)")
 	dst, err := run.StartVM(ctx, dstCfg)
 	if err != nil {
 		return fail(err)
 	}
 
-	step("migrating over a unix socket (max-bandwidth %d; 0 = unlimited)", o.maxBandwidth)
+	uri := ""
+	if network != nil {
+		uri = "tcp:" + network.MigrationAddr + ":4444"
+		step("migrating over TCP on the migration link, %s (max-bandwidth %d; 0 = unlimited)", uri, o.maxBandwidth)
+	} else {
+		step("migrating over a unix socket (max-bandwidth %d; 0 = unlimited)", o.maxBandwidth)
+	}
 	params := map[string]any{"max-bandwidth": o.maxBandwidth}
 	for k, v := range m.Params {
 		params[k] = v
 	}
+	srcCPU, dstCPU := cpuTime(src.PID()), cpuTime(dst.PID())
 	result, err := harness.Migrate(ctx, src, dst, harness.MigrateOpts{
 		Caps:               m.Caps,
 		Params:             params,
+		URI:                uri,
 		Timeout:            20 * time.Minute,
 		StartPostcopyAfter: m.Postcopy,
 	})
+	r.SrcCPUms = (cpuTime(src.PID()) - srcCPU).Milliseconds()
+	r.DstCPUms = (cpuTime(dst.PID()) - dstCPU).Milliseconds()
 	if result != nil {
 		if saveErr := run.SaveJSON("migration.json", result); saveErr != nil {
 			step("warning: %v", saveErr)
@@ -328,12 +394,14 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		r.DowntimeMs = result.Source.Downtime
 		if result.Source.RAM != nil {
 			r.TransferredBytes = result.Source.RAM.Transferred
+			r.DirtySyncs = result.Source.RAM.DirtySyncCount
 		}
 		if d := result.Source.DiskRefs; d != nil {
 			r.RefPages = d.RefPages
 		}
 		if d := result.Destination.DiskRefs; d != nil {
 			r.FetchedPages = d.FetchedPages
+			r.FetchBytes, r.FetchReads = d.FetchBytes, d.FetchReads
 		}
 	}
 	if err != nil {
@@ -492,6 +560,63 @@ func printTable(w io.Writer, rows []row) {
 	}
 }
 
+// netnsPrefix names the benchmark's network namespaces (with its PID).
+const netnsPrefix = "nasmigb"
+
+// removeStaleNetworks deletes the namespaces a killed earlier benchmark
+// left behind (one benchmark runs at a time on a machine).
+func removeStaleNetworks(ctx context.Context) error {
+	entries, err := os.ReadDir("/run/netns")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), netnsPrefix) {
+			if out, err := exec.CommandContext(ctx, "ip", "netns", "delete", e.Name()).CombinedOutput(); err != nil {
+				return fmt.Errorf("remove stale namespace %s: %w: %s", e.Name(), err, out)
+			}
+		}
+	}
+	return nil
+}
+
+// cpuTime is the user and system CPU time of process pid so far (0 when
+// it cannot be read).
+func cpuTime(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which may hold spaces: state is the
+	// first, utime the 12th and stime the 13th; in clock ticks of 1/100 s
+	// (USER_HZ on Linux).
+	_, rest, ok := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+func bitRate(bits int64) string {
+	if bits >= 1e9 {
+		return fmt.Sprintf("%g Gbit/s", float64(bits)/1e9)
+	}
+	return fmt.Sprintf("%g Mbit/s", float64(bits)/1e6)
+}
+
+func profileNames() string {
+	names := []string{unixProfile}
+	for _, p := range harness.NetProfiles {
+		names = append(names, p.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
 func modeNames() string {
 	var names []string
 	for _, m := range modes {
@@ -500,12 +625,12 @@ func modeNames() string {
 	return strings.Join(names, ", ")
 }
 
-// median of the figure over the runs of one mode that completed with
-// identical RAM.
-func median(rows []row, mode string, figure func(row) int64) (int64, int) {
+// median of the figure over the runs of one mode on one network that
+// completed with identical RAM.
+func median(rows []row, profile, mode string, figure func(row) int64) (int64, int) {
 	var v []int64
 	for _, r := range rows {
-		if r.Mode == mode && r.Error == "" && r.RAMMatch {
+		if r.Profile == profile && r.Mode == mode && r.Error == "" && r.RAMMatch {
 			v = append(v, figure(r))
 		}
 	}
@@ -516,28 +641,37 @@ func median(rows []row, mode string, figure func(row) int64) (int64, int) {
 	return v[len(v)/2], len(v)
 }
 
-// summaryTable is the benchmark's Markdown table: medians per mode and
-// ratios to stock pre-copy of the same run.
+// summaryTable is the benchmark's Markdown table: medians per network and
+// mode, and ratios to stock pre-copy on the same network in the same run.
 func summaryTable(o options, rows []row) string {
 	var b strings.Builder
-	baseTime, _ := median(rows, "stock", func(r row) int64 { return r.TotalTimeMs })
-	baseBytes, _ := median(rows, "stock", func(r row) int64 { return r.TransferredBytes })
-	fmt.Fprintf(&b, "| mode | runs ok | total ms | vs stock | downtime ms | MiB on the link | vs stock | references | fetched |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| network | mode | runs ok | total ms | vs stock | downtime ms | MiB on the link | vs stock "+
+		"| references | MiB fetched | mean read KiB | dirty syncs | source CPU s | dest. CPU s |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ratio := func(v, base int64) string {
 		if base == 0 {
 			return "-"
 		}
 		return fmt.Sprintf("%.2fx", float64(v)/float64(base))
 	}
-	for _, m := range o.modes {
-		t, n := median(rows, m.Name, func(r row) int64 { return r.TotalTimeMs })
-		d, _ := median(rows, m.Name, func(r row) int64 { return r.DowntimeMs })
-		by, _ := median(rows, m.Name, func(r row) int64 { return r.TransferredBytes })
-		refs, _ := median(rows, m.Name, func(r row) int64 { return r.RefPages })
-		fetched, _ := median(rows, m.Name, func(r row) int64 { return r.FetchedPages })
-		fmt.Fprintf(&b, "| %s | %d of %d | %d | %s | %d | %.1f | %s | %d | %d |\n", m.Name, n, o.runs, t, ratio(t, baseTime), d,
-			float64(by)/(1<<20), ratio(by, baseBytes), refs, fetched)
+	for _, p := range o.profiles {
+		baseTime, _ := median(rows, p, "stock", func(r row) int64 { return r.TotalTimeMs })
+		baseBytes, _ := median(rows, p, "stock", func(r row) int64 { return r.TransferredBytes })
+		for _, m := range o.modes {
+			med := func(figure func(row) int64) int64 { v, _ := median(rows, p, m.Name, figure); return v }
+			t, n := median(rows, p, m.Name, func(r row) int64 { return r.TotalTimeMs })
+			by := med(func(r row) int64 { return r.TransferredBytes })
+			fetchBytes := med(func(r row) int64 { return r.FetchBytes })
+			meanRead := "-"
+			if reads := med(func(r row) int64 { return r.FetchReads }); reads > 0 {
+				meanRead = fmt.Sprintf("%d", fetchBytes/reads>>10)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %d of %d | %d | %s | %d | %.1f | %s | %d | %.1f | %s | %d | %.1f | %.1f |\n",
+				p, m.Name, n, o.runs, t, ratio(t, baseTime), med(func(r row) int64 { return r.DowntimeMs }),
+				float64(by)/(1<<20), ratio(by, baseBytes), med(func(r row) int64 { return r.RefPages }),
+				float64(fetchBytes)/(1<<20), meanRead, med(func(r row) int64 { return r.DirtySyncs }),
+				float64(med(func(r row) int64 { return r.SrcCPUms }))/1000, float64(med(func(r row) int64 { return r.DstCPUms }))/1000)
+		}
 	}
 	return b.String()
 }
@@ -547,12 +681,24 @@ func printSummary(w io.Writer, o options, rows []row) {
 	if o.maxBandwidth > 0 {
 		bw = fmt.Sprintf("%d bytes/s", o.maxBandwidth)
 	}
-	fmt.Fprintf(w, "\nmedians of %d runs; guest %d MiB RAM, page cache %d MiB requested; max-bandwidth %s; RAM compared byte for byte after every run\n\n",
+	host, _ := os.Hostname()
+	fmt.Fprintf(w, "\n%s on %s (%d CPUs), accelerator %s; command: %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
+		host, runtime.NumCPU(), rows[0].Accel, strings.Join(os.Args, " "))
+	fmt.Fprintf(w, "medians of %d runs; guest %d MiB RAM, page cache %d MiB requested; max-bandwidth %s; RAM compared byte for byte after every run\n",
 		o.runs, o.memMiB, o.mib, bw)
+	for _, p := range o.profiles {
+		if prof, ok := harness.NetProfileByName(p); ok {
+			fmt.Fprintf(w, "network %s: migration link %s (TCP), storage links %s (NBD over TCP), tc tbf on each sending device\n",
+				p, bitRate(prof.MigrationBits), bitRate(prof.StorageBits))
+		} else {
+			fmt.Fprintf(w, "network %s: unix sockets on this host, unshaped\n", p)
+		}
+	}
+	fmt.Fprintln(w)
 	fmt.Fprint(w, summaryTable(o, rows))
 	for _, r := range rows {
 		if r.Error != "" {
-			fmt.Fprintf(w, "%s run %d: ERROR %s (logs in %s)\n", r.Mode, r.Run, r.Error, r.RunDir)
+			fmt.Fprintf(w, "%s/%s run %d: ERROR %s (logs in %s)\n", r.Profile, r.Mode, r.Run, r.Error, r.RunDir)
 		}
 	}
 }
@@ -572,11 +718,13 @@ func writeResults(o options, rows []row) error {
 		return err
 	}
 	w := csv.NewWriter(f)
-	w.Write([]string{"mode", "run", "status", "total_ms", "downtime_ms", "transferred_bytes", "ref_pages", "fetched_pages", "page_cache_mib", "ram_match", "error"})
+	w.Write([]string{"profile", "mode", "run", "status", "total_ms", "downtime_ms", "transferred_bytes", "ref_pages", "fetched_pages",
+		"fetch_bytes", "fetch_reads", "dirty_syncs", "src_cpu_ms", "dst_cpu_ms", "page_cache_mib", "ram_match", "error"})
+	i64 := func(v int64) string { return strconv.FormatInt(v, 10) }
 	for _, r := range rows {
-		w.Write([]string{r.Mode, strconv.Itoa(r.Run), r.Status, strconv.FormatInt(r.TotalTimeMs, 10), strconv.FormatInt(r.DowntimeMs, 10),
-			strconv.FormatInt(r.TransferredBytes, 10), strconv.FormatInt(r.RefPages, 10), strconv.FormatInt(r.FetchedPages, 10),
-			strconv.Itoa(r.PageCacheMiB), strconv.FormatBool(r.RAMMatch), r.Error})
+		w.Write([]string{r.Profile, r.Mode, strconv.Itoa(r.Run), r.Status, i64(r.TotalTimeMs), i64(r.DowntimeMs),
+			i64(r.TransferredBytes), i64(r.RefPages), i64(r.FetchedPages), i64(r.FetchBytes), i64(r.FetchReads),
+			i64(r.DirtySyncs), i64(r.SrcCPUms), i64(r.DstCPUms), strconv.Itoa(r.PageCacheMiB), strconv.FormatBool(r.RAMMatch), r.Error})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
