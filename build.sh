@@ -3,6 +3,7 @@
 #
 #   ./build.sh [build]   install what is missing, build patched QEMU, libnasmig.so, tools
 #   ./build.sh test      build, then run every test (unit, race, fuzz seeds, C ABI, end to end)
+#   ./build.sh unit      unit, race, fuzz-seed and C-ABI tests only (no QEMU build)
 #   ./build.sh demo      build, then migrate a guest with and without nasmig and compare
 #   ./build.sh bench     build, then run the benchmarks that print figures
 #   ./build.sh help
@@ -38,6 +39,8 @@ commands:
   test    build, then run all tests: Go unit, race, fuzz seeds, C ABI, end-to-end
           migrations of a real guest, QEMU's own migration-test (default set) with
           libnasmig.so loaded (the README's test command)
+  unit    Go and C-ABI unit tests, fuzz seeds and race tests only: no QEMU build, no
+          guest (a minute or two; needs Go, installed by build)
   test-full
           test, then QEMU's migration-test default set as built and --full with
           libnasmig.so loaded (about an hour more under TCG)
@@ -248,14 +251,11 @@ test_env() {
 	export NASMIG_QEMU_DATADIRS=$FIRMWARE:/usr/share/seabios
 }
 
-do_test() {
-	local t0 fail=0
-	LOGS=${NASMIG_LOGS:-$CACHE/test-logs}
-	mkdir -p "$LOGS"
-	t0=$(date +%s)
-	do_build
-	build_guest
-	test_env
+# unit_tests: vet, Go and C-ABI unit tests with the fuzzers' seeds, the same
+# under -race. Tests that need the built QEMU or guest say so and skip
+# when run without them (./build.sh unit).
+unit_tests() {
+	local fail=0
 	step "go vet"
 	go vet ./... || fail=1
 	done_step
@@ -265,6 +265,27 @@ do_test() {
 	step "race tests"
 	go test -count=1 -race ./cshim/... ./plugin/... ./tests/harness/... || fail=1
 	done_step
+	return $fail
+}
+
+do_unit() {
+	local t0 fail=0
+	t0=$(date +%s)
+	command -v go >/dev/null || die "Go is not installed: run ./build.sh build once"
+	unit_tests || fail=1
+	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "UNIT TESTS PASSED" || echo "UNIT TESTS FAILED")" $(($(date +%s) - t0))
+	return $fail
+}
+
+do_test() {
+	local t0 fail=0
+	LOGS=${NASMIG_LOGS:-$CACHE/test-logs}
+	mkdir -p "$LOGS"
+	t0=$(date +%s)
+	do_build
+	build_guest
+	test_env
+	unit_tests || fail=1
 	step "end-to-end migrations of a real guest"
 	go test -count=1 -v -timeout 70m ./tests/e2e/... || fail=1
 	done_step
@@ -365,6 +386,7 @@ cmd=${1:-build}
 case "$cmd" in
 build) do_build ;;
 test) do_test ;;
+unit) do_unit ;;
 test-full) do_test full ;;
 demo) do_demo "$@" ;;
 bench) do_bench ;;
