@@ -107,6 +107,9 @@ func initLibrary(cfg config.Config, host, out unsafe.Pointer) error {
 		}
 		w = f
 	}
+	// Milliseconds: a migration's phases (hold, sync points, the gate)
+	// last tens to hundreds of them.
+	zerolog.TimeFieldFormat = "2006-01-02T15:04:05.000Z07:00"
 	lib.log = zerolog.New(w).Level(cfg.LogLevel).With().Timestamp().Str("component", "nasmig").Logger()
 	if err := cshim.Init(cfg.RingSlots); err != nil {
 		return err
@@ -387,12 +390,24 @@ func nasmigDestCleanup(failed C.int) {
 	lib.mu.Lock()
 	defer lib.mu.Unlock()
 	cshim.SetDestOn(false)
+	var t fetch.Timings
 	if lib.fetcher != nil {
 		lib.fetcher.Stop()
+		t = lib.fetcher.Timings()
 		lib.fetcher = nil
 	}
 	st := cshim.StatsSnapshot()
-	lib.log.Info().Bool("failed", failed != 0).Uint64("fetched_pages", st.FetchedPages()).Uint64("verify_failures", st.VerifyFailures()).Uint64("fallbacks", st.Fallbacks()).Msg("incoming migration ended")
+	ev := lib.log.Info().Bool("failed", failed != 0).Uint64("fetched_pages", st.FetchedPages()).
+		Uint64("verify_failures", st.VerifyFailures()).Uint64("fallbacks", st.Fallbacks()).
+		Int("sync_waits", t.FlushWaits).Dur("sync_wait_total", t.FlushWaitTotal).Dur("sync_wait_max", t.FlushWaitMax).
+		Int("refs_after_caught_up", t.RefsAfter)
+	if !t.FinishSeen.IsZero() && !t.FinishDone.IsZero() {
+		ev = ev.Dur("verification_gate_wait", t.FinishDone.Sub(t.FinishSeen))
+	}
+	if !t.FirstApproval.IsZero() && !t.FinishSeen.IsZero() {
+		ev = ev.Dur("caught_up_to_gate", t.FinishSeen.Sub(t.FirstApproval))
+	}
+	ev.Msg("incoming migration ended")
 }
 
 //export nasmigShutdown

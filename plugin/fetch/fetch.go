@@ -87,7 +87,27 @@ type Fetcher struct {
 	// lastResend: when a page was last asked from the source; the
 	// switchover waits a moment so the answer rides in the next pass.
 	lastResend time.Time
+
+	// Where the destination waited, for the log at the end.
+	timings   Timings
+	flushSeen time.Time // when the pending sync point was first seen
 }
+
+// Timings says where an incoming migration waited for the fetch: the sync
+// points (multifd flushes, the end of each RAM section) and the final
+// verification gate, whose wait is downtime.
+type Timings struct {
+	FlushWaits     int           // sync points that found fills pending
+	FlushWaitTotal time.Duration // the stream stood still this long in all
+	FlushWaitMax   time.Duration
+	FirstApproval  time.Time // first time the fetch reported caught up
+	RefsAfter      int       // references that arrived after it
+	FinishSeen     time.Time // the verification gate was reached
+	FinishDone     time.Time // and passed (or failed)
+}
+
+// Timings returns the waits so far (call after Stop, or from the worker).
+func (f *Fetcher) Timings() Timings { return f.timings }
 
 // resendSettle is how long after asking the source for a page the fetch
 // still holds the switchover, so the page comes in a pass of its own
@@ -149,6 +169,9 @@ func (f *Fetcher) run() {
 				f.windowRefs, f.windowStart = 0, f.lastRef
 			}
 			f.windowRefs += n
+			if !f.timings.FirstApproval.IsZero() {
+				f.timings.RefsAfter += n
+			}
 			f.enqueue(reqs[:n], false)
 		}
 		if n := cshim.DonePop(dones); n > 0 {
@@ -211,19 +234,39 @@ func (f *Fetcher) maybeApprove(started time.Time) {
 		f.caughtUpSince = now
 	}
 	f.lastCaughtUp = now
+	if f.timings.FirstApproval.IsZero() {
+		f.log.Debug().Msg("fetch caught up: switchover approved once the first pass has arrived")
+		f.timings.FirstApproval = now
+	}
 	cshim.ApproveSwitchover(now.Sub(f.caughtUpSince) >= firstPassGrace)
 }
 
 // settle answers barrier and finish requests once nothing is queued or in flight.
 func (f *Fetcher) settle() {
-	if freq, fack := cshim.FlushRequest(); freq != fack && f.queued.len() == 0 && len(f.inflight) == 0 {
-		// A multifd sync point: every fill issued so far has landed
-		// (failed pages wait: a page from the stream may still replace
-		// them, and the final re-read comes at finish).
-		cshim.AckFlush(freq)
-		cshim.Kick()
+	if freq, fack := cshim.FlushRequest(); freq != fack {
+		if f.flushSeen.IsZero() {
+			f.flushSeen = time.Now()
+		}
+		if f.queued.len() == 0 && len(f.inflight) == 0 {
+			// A multifd sync point: every fill issued so far has landed
+			// (failed pages wait: a page from the stream may still replace
+			// them, and the final re-read comes at finish).
+			cshim.AckFlush(freq)
+			cshim.Kick()
+			if waited := time.Since(f.flushSeen); waited > time.Millisecond {
+				f.log.Debug().Dur("waited", waited).Msg("sync point: the stream waited for the fetch")
+				f.timings.FlushWaits++
+				f.timings.FlushWaitTotal += waited
+				f.timings.FlushWaitMax = max(f.timings.FlushWaitMax, waited)
+			}
+			f.flushSeen = time.Time{}
+		}
 	}
 	req := cshim.FinishRequest()
+	if req&cshim.FinishReqFinish != 0 && f.timings.FinishSeen.IsZero() {
+		f.log.Debug().Int("queued", f.queued.len()).Int("in_flight", len(f.inflight)).Msg("verification gate reached")
+		f.timings.FinishSeen = time.Now()
+	}
 	if req == 0 || f.queued.len() > 0 || len(f.inflight) > 0 {
 		return
 	}
@@ -257,6 +300,9 @@ func (f *Fetcher) settle() {
 			cshim.SetFinishState(cshim.FinishFailed)
 		} else {
 			cshim.SetFinishState(cshim.FinishOK)
+		}
+		if f.timings.FinishDone.IsZero() {
+			f.timings.FinishDone = time.Now()
 		}
 		cshim.Kick()
 	}
