@@ -116,6 +116,11 @@ type e2eCase struct {
 	// uefi: the guest boots through OVMF (Debian's ovmf: read-only
 	// OVMF_CODE in pflash unit 0, a per-VM copy of OVMF_VARS in unit 1).
 	uefi bool
+	// network: a harness.NetProfiles name. Source, destination and
+	// storage run in network namespaces of their own joined by shaped
+	// links; the migration goes over TCP and the disk is NBD over TCP, as
+	// between the hosts of a data center.
+	network string
 }
 
 // OVMF images of Debian's ovmf package.
@@ -424,6 +429,17 @@ func cases() []e2eCase {
 			},
 			flow: slowStorageFlow,
 		}),
+		nasmigBothSides(e2eCase{
+			// Hosts of a data center: source, destination and storage in
+			// namespaces of their own, a 1 Gbit/s migration link over TCP
+			// with multifd, the disk on NBD over TCP at 10 Gbit/s.
+			name: "31-tcp-network-multifd", workload: "pagecache-read", network: "fast-storage",
+			opts: harness.MigrateOpts{
+				Caps:   map[string]bool{"multifd": true},
+				Params: map[string]any{"multifd-channels": 2, "max-bandwidth": 0},
+			},
+			check: requireRefsAndFetched,
+		}),
 		{
 			// The library's C hot paths under AddressSanitizer on both
 			// sides, through the flow that frees the most: a guest that
@@ -631,6 +647,7 @@ type pair struct {
 	run     *harness.Run
 	image   string // the private image copy
 	storage *harness.StorageDaemon
+	network *harness.Network // with e2eCase.network
 	src     *harness.VM
 	dst     *harness.VM
 	dstCfg  harness.VMConfig // how dst was started, for further destinations
@@ -676,11 +693,24 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	default:
 		// The file node is exported: for qcow2 the QEMUs run the qcow2
 		// driver over NBD, and references name offsets in the qcow2 file.
-		p.storage, err = p.run.StartStorage(ctx, harness.StorageConfig{
+		storageCfg := harness.StorageConfig{
 			Binary: env.StorageDaemonBinary(), Image: p.image, Format: c.format, CacheDirect: true,
 			Throttle: c.slowStorage > 0,
-		})
-		if err != nil {
+		}
+		if c.network != "" {
+			prof, ok := harness.NetProfileByName(c.network)
+			if !ok {
+				t.Fatalf("case %s: no network profile %q", c.name, c.network)
+			}
+			if p.network, err = harness.NewNetwork(ctx, fmt.Sprintf("nasmige%d", os.Getpid()), prof); err != nil {
+				t.Fatal(err)
+			}
+			p.run.AddCleanup("network", p.network.Close)
+			storageCfg.NetNS, storageCfg.Listen = p.network.Storage, p.network.StorageAddr+":10809"
+			srcCfg.NetNS = p.network.Src
+			p.c.opts.URI = "tcp:" + p.network.MigrationAddr + ":4444"
+		}
+		if p.storage, err = p.run.StartStorage(ctx, storageCfg); err != nil {
 			t.Fatal(err)
 		}
 		srcCfg.Disk = p.storage.Disk(c.bus)
@@ -742,6 +772,9 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	dstCfg := srcCfg
 	dstCfg.Name = "dst"
 	dstCfg.Incoming = true
+	if p.network != nil {
+		dstCfg.NetNS = p.network.Dst
+	}
 	if c.dstOwnDisk {
 		other, err := p.run.CopyImage(ctx, env.DataImage(c.format), "other."+c.format)
 		if err != nil {
