@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -47,7 +50,93 @@ func debugReport() DebugReport {
 	return r
 }
 
-// serveDebug answers each connection with one JSON DebugReport.
+// DebugEntry is one mapping of a dump: the page (index in its RAM block)
+// holds the disk's block (index of 4 KiB blocks).
+type DebugEntry struct {
+	RAMBlock string `json:"ramblock"`
+	Page     uint64 `json:"page"`
+	Disk     int    `json:"disk"`
+	Block    uint64 `json:"block"`
+}
+
+// debugRequestWait is how long a connection may take to send its request
+// line; a client that sends none gets the plain report after it.
+const debugRequestWait = 100 * time.Millisecond
+
+// Requests a client may send, one line each.
+const (
+	debugReqReport = ""     // nothing: the report alone (the original protocol)
+	debugReqDump   = "dump" // the report, then one DebugEntry line per mapping
+)
+
+var errDebugRequest = errors.New("bad debug request")
+
+// parseDebugRequest reads the request line a client sent (empty: none).
+func parseDebugRequest(line []byte) (string, error) {
+	req := string(bytes.TrimSpace(line))
+	switch req {
+	case debugReqReport, debugReqDump:
+		return req, nil
+	}
+	if len(req) > 32 {
+		req = req[:32] + "..."
+	}
+	return "", fmt.Errorf("%w %q (known: %q)", errDebugRequest, req, debugReqDump)
+}
+
+// readDebugRequest reads at most one short line within debugRequestWait.
+func readDebugRequest(c net.Conn) (string, error) {
+	c.SetReadDeadline(time.Now().Add(debugRequestWait))
+	defer c.SetReadDeadline(time.Time{})
+	line, err := bufio.NewReaderSize(io.LimitReader(c, 256), 256).ReadSlice('\n')
+	if err != nil && len(line) == 0 {
+		return debugReqReport, nil // timeout or EOF: an old client
+	}
+	return parseDebugRequest(line)
+}
+
+// debugDump writes every valid forward word as a DebugEntry line.
+func debugDump(enc *json.Encoder) error {
+	for i := 0; i < cshim.RAMBlockCount(); i++ {
+		name := cshim.RAMBlockName(i)
+		fwd := cshim.Forward(i)
+		for j := range fwd {
+			w := atomic.LoadUint64(&fwd[j])
+			if w&cshim.FwdValid == 0 {
+				continue
+			}
+			e := DebugEntry{RAMBlock: name, Page: uint64(j), Disk: int((w >> cshim.FwdDiskShift) & cshim.FwdDiskMask), Block: w & cshim.FwdBlockMask}
+			if err := enc.Encode(e); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func handleDebug(c net.Conn, log zerolog.Logger) {
+	defer c.Close()
+	req, err := readDebugRequest(c)
+	if err != nil {
+		log.Warn().Err(err).Msg("debug socket")
+		return
+	}
+	w := bufio.NewWriter(c)
+	enc := json.NewEncoder(w)
+	err = enc.Encode(debugReport())
+	if err == nil && req == debugReqDump {
+		err = debugDump(enc)
+	}
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		log.Debug().Err(err).Msg("debug socket")
+	}
+}
+
+// serveDebug answers each connection with one JSON DebugReport; a client
+// that first sends "dump\n" gets every mapping after it, one JSON line each.
 func serveDebug(path string, log zerolog.Logger) (io.Closer, error) {
 	os.Remove(path)
 	l, err := net.Listen("unix", path)
@@ -63,8 +152,7 @@ func serveDebug(path string, log zerolog.Logger) (io.Closer, error) {
 				}
 				return
 			}
-			json.NewEncoder(c).Encode(debugReport())
-			c.Close()
+			go handleDebug(c, log)
 		}
 	}()
 	return l, nil

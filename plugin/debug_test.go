@@ -1,0 +1,75 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+func TestParseDebugRequest(t *testing.T) {
+	for _, c := range []struct {
+		line, want string
+		bad        bool
+	}{
+		{"", debugReqReport, false},
+		{"\n", debugReqReport, false},
+		{"dump\n", debugReqDump, false},
+		{"dump\r\n", debugReqDump, false},
+		{"  dump  \n", debugReqDump, false},
+		{"DUMP\n", "", true},
+		{"dump all\n", "", true},
+		{"GET / HTTP/1.1\r\n", "", true},
+	} {
+		got, err := parseDebugRequest([]byte(c.line))
+		if c.bad {
+			if !errors.Is(err, errDebugRequest) {
+				t.Errorf("%q: error %v, want errDebugRequest", c.line, err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%q: %q, %v; want %q", c.line, got, err, c.want)
+		}
+	}
+}
+
+// The socket answers a client that sends nothing (the original protocol)
+// and one that asks for a dump, each with the report first.
+func TestServeDebug(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "dbg.sock")
+	srv, err := serveDebug(sock, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	for _, req := range []string{"", "dump\n"} {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if req != "" {
+			io.WriteString(c, req)
+		}
+		dec := json.NewDecoder(c)
+		var rep DebugReport
+		if err := dec.Decode(&rep); err != nil {
+			t.Fatalf("request %q: report: %v", req, err)
+		}
+		if _, ok := rep.Stats["ring_drops"]; !ok {
+			t.Errorf("request %q: report without counters: %+v", req, rep)
+		}
+		// No RAM block is registered in this test: no entries follow.
+		var e DebugEntry
+		if err := dec.Decode(&e); !errors.Is(err, io.EOF) {
+			t.Errorf("request %q: after the report: %+v, %v", req, e, err)
+		}
+		c.Close()
+	}
+}
