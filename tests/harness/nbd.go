@@ -85,10 +85,9 @@ func DialNBD(ctx context.Context, socketPath, export string) (*NBDClient, error)
 
 // dialNBD connects from namespace ns (empty: this one) to network/addr.
 func dialNBD(ctx context.Context, ns, network, addr, export string) (*NBDClient, error) {
-	socketPath := addr
 	conn, err := dialInNetNS(ctx, ns, network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("nbd connect %s: %w", socketPath, err)
+		return nil, fmt.Errorf("nbd connect %s: %w", addr, err)
 	}
 	c := &NBDClient{conn: conn, export: export, Timeout: 60 * time.Second}
 	if deadline, ok := ctx.Deadline(); ok {
@@ -102,7 +101,7 @@ func dialNBD(ctx context.Context, ns, network, addr, export string) (*NBDClient,
 	}
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("nbd handshake with %s, export %q: %w", socketPath, export, err)
+		return nil, fmt.Errorf("nbd handshake with %s, export %q: %w", addr, export, err)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return c, nil

@@ -316,9 +316,14 @@ func (vm *VM) connect(ctx context.Context) error {
 // dialUnixWhenReady connects to a unix socket that a just-started process
 // will create, retrying until it accepts, the process exits or ctx ends.
 func dialUnixWhenReady(ctx context.Context, path string, exited <-chan struct{}) (net.Conn, error) {
-	var dialer net.Dialer
+	return dialWhenReady(ctx, "", "unix", path, exited)
+}
+
+// dialWhenReady is dialUnixWhenReady for any network, from namespace ns
+// (empty: this one); a TCP listener not up yet refuses too.
+func dialWhenReady(ctx context.Context, ns, network, path string, exited <-chan struct{}) (net.Conn, error) {
 	for {
-		conn, err := dialer.DialContext(ctx, "unix", path)
+		conn, err := dialInNetNS(ctx, ns, network, path)
 		if err == nil {
 			return conn, nil
 		}

@@ -170,15 +170,13 @@ func StartStorage(ctx context.Context, cfg StorageConfig, paths StoragePaths) (*
 		close(s.exited)
 	}()
 
-	if cfg.Listen == "" {
-		var conn net.Conn
-		if conn, err = dialUnixWhenReady(ctx, paths.Socket, s.exited); err == nil {
-			conn.Close()
-		}
-	} else {
-		err = s.waitTCP(ctx)
+	network, addr := "unix", paths.Socket
+	if cfg.Listen != "" {
+		network, addr = "tcp", cfg.Listen
 	}
+	conn, err := dialWhenReady(ctx, cfg.NetNS, network, addr, s.exited)
 	if err == nil {
+		conn.Close()
 		var client *NBDClient
 		if client, err = s.Dial(ctx); err == nil {
 			err = client.Close()
@@ -217,23 +215,6 @@ func (s *StorageDaemon) SetReadLimit(ctx context.Context, bytesPerSec int64) err
 		return fmt.Errorf("storage: read limit %d B/s: %w", bytesPerSec, err)
 	}
 	return nil
-}
-
-// waitTCP waits until the daemon's TCP listener accepts, or it exits.
-func (s *StorageDaemon) waitTCP(ctx context.Context) error {
-	for {
-		conn, err := dialInNetNS(ctx, s.Config.NetNS, "tcp", s.Config.Listen)
-		if err == nil {
-			return conn.Close()
-		}
-		select {
-		case <-s.exited:
-			return fmt.Errorf("qemu-storage-daemon exited: %v", s.waitErr)
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (last: %v)", s.Config.Listen, ctx.Err(), err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
 
 // URI is what a QEMU passes as the drive's file: nbd+unix:///EXPORT?socket=PATH,
