@@ -138,6 +138,14 @@ func handleDebug(c net.Conn, log zerolog.Logger) {
 // serveDebug answers each connection with one JSON DebugReport; a client
 // that first sends "dump\n" gets every mapping after it, one JSON line each.
 func serveDebug(path string, log zerolog.Logger) (io.Closer, error) {
+	// A socket another live process answers on is not ours to take: a
+	// destination started on the same host with the same arguments (a
+	// local migration, one domain definition) must not steal the source's.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		log.Warn().Str("path", path).Msg("debug socket in use by another process: this QEMU serves none")
+		return nil, nil
+	}
 	os.Remove(path)
 	l, err := net.Listen("unix", path)
 	if err != nil {

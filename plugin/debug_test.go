@@ -73,3 +73,36 @@ func TestServeDebug(t *testing.T) {
 		c.Close()
 	}
 }
+
+// A second library given the same path (a destination started on the same
+// host with the same arguments) leaves the first one's socket alone; a
+// stale socket file with nobody behind it is replaced.
+func TestServeDebugSocketInUse(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "dbg.sock")
+	first, err := serveDebug(sock, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := serveDebug(sock, zerolog.Nop())
+	if err != nil || second != nil {
+		t.Fatalf("second server on a live socket: %v, %v; want none, no error", second, err)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("the first server lost its socket: %v", err)
+	}
+	c.Close()
+	first.Close()
+	// A socket file nobody listens on, as a killed QEMU leaves it.
+	stale, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+	third, err := serveDebug(sock, zerolog.Nop())
+	if err != nil || third == nil {
+		t.Fatalf("server on a stale socket file: %v, %v", third, err)
+	}
+	third.Close()
+}

@@ -92,6 +92,8 @@ type e2eCase struct {
 	// check adds the case's assertions on the counters of a completed
 	// migration, after the RAM comparison.
 	check func(t *testing.T, o outcome)
+	// debugSocket: the source's library serves its map on srcDebugSocket.
+	debugSocket bool
 	// dstOwnDisk gives the destination a disk of its own (another NBD
 	// server on a copy of the image): not the source's shared disk.
 	dstOwnDisk bool
@@ -197,7 +199,11 @@ func cases() []e2eCase {
 	nasmigBothSides := func(c e2eCase) e2eCase { c.src, c.dst = nasmigOn, nasmigOn; return c }
 	return []e2eCase{
 		nasmigBothSides(e2eCase{
-			name: "01-pagecache-read", workload: "pagecache-read",
+			name: "01-pagecache-read", workload: "pagecache-read", debugSocket: true,
+			flow: func(t *testing.T, ctx context.Context, p *pair) {
+				checkMap(t, ctx, p)
+				migrateAndCheck(t, ctx, p)
+			},
 			check: func(t *testing.T, o outcome) {
 				requireRefs(t, o)
 				checkFetched(t, o)
@@ -344,6 +350,24 @@ func cases() []e2eCase {
 		{
 			name: "14-save-restore-file-stock", workload: "pagecache-read", flow: saveRestoreFlow,
 		},
+		nasmigBothSides(e2eCase{
+			// A guest that keeps stamping mapped file pages while it is
+			// saved: XBZRLE deltas and references to qcow2 clusters in
+			// one stream, decoded and verified by nasmig-inspect.
+			name: "13b-save-qcow2-xbzrle-mmap-write", workload: "mmap-write", settle: 3, format: harness.FormatQcow2, flow: saveRestoreFlow,
+			// A low downtime limit makes QEMU iterate until rounds are
+			// short: pages the guest keeps writing (its own kernel's and
+			// the stamped ones) come round again, and XBZRLE encodes them.
+			opts:  harness.MigrateOpts{Caps: map[string]bool{"xbzrle": true}, Params: map[string]any{"max-bandwidth": 32 << 20, "downtime-limit": 20}},
+			check: func(t *testing.T, o outcome) { requireRefs(t, o) },
+		}),
+		nasmigBothSides(e2eCase{
+			// mapped-ram with multifd: nasmig steps aside (pages at fixed
+			// file offsets); the stream still decodes. A guest that read
+			// nothing: the oracle finds next to no page of it on the disk.
+			name: "13c-save-mapped-ram-multifd-idle", workload: "idle", flow: saveRestoreFlow,
+			opts: harness.MigrateOpts{Caps: map[string]bool{"mapped-ram": true, "multifd": true}, Params: map[string]any{"multifd-channels": 2}},
+		}),
 		nasmigBothSides(e2eCase{
 			// Internal snapshots store the VM state inside the qcow2 file,
 			// which must grow: a file, not a fixed-size NBD export.
@@ -737,6 +761,10 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 		srcCfg.ExtraArgs = append(srcCfg.ExtraArgs, args...)
 	}
 	c.src.apply(&srcCfg, env)
+	if c.debugSocket && srcCfg.Plugin != "" {
+		// The source's alone: apply gives the destination its own arguments.
+		srcCfg.PluginArgs = append(srcCfg.PluginArgs, "debug-socket="+p.run.SocketPath(srcDebugSocket))
+	}
 	if p.src, err = p.run.StartVM(ctx, srcCfg); err != nil {
 		t.Fatal(err)
 	}

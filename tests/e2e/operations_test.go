@@ -40,6 +40,14 @@ func saveRestoreFlow(t *testing.T, ctx context.Context, p *pair) {
 	}
 	t.Logf("save file: %s (%d bytes)", mib(st.Size()), st.Size())
 	p.fig.note = "save file " + mib(st.Size())
+	rep := checkSavedStream(t, ctx, p, path, srcInfo)
+	switch {
+	case rep.Setup != nil && p.storage != nil:
+		checkVerify(t, ctx, p, path)
+		checkOracle(t, ctx, p, path)
+	case p.c.workload == "idle":
+		checkOracle(t, ctx, p, "")
+	}
 
 	if err := harness.Configure(ctx, p.dst, p.c.opts); err != nil {
 		t.Fatal(err)

@@ -52,6 +52,15 @@ type MigrationStats struct {
 	Mbps           float64 `json:"mbps"`
 }
 
+// XBZRLEStats is query-migrate's "xbzrle-cache" object (with capability xbzrle).
+type XBZRLEStats struct {
+	CacheSize int64 `json:"cache-size"`
+	Bytes     int64 `json:"bytes"`
+	Pages     int64 `json:"pages"`
+	CacheMiss int64 `json:"cache-miss"`
+	Overflow  int64 `json:"overflow"`
+}
+
 // DiskRefStats is the "disk-refs" object nasmig adds to query-migrate (see
 // docs/testbed-contract.md). Stock QEMU has none. Both sides answer with the
 // same object: the source fills the source counters, the destination the
@@ -83,6 +92,7 @@ type MigrationInfo struct {
 	SetupTime  int64           `json:"setup-time"` // ms
 	RAM        *MigrationStats `json:"ram"`
 	DiskRefs   *DiskRefStats   `json:"disk-refs"`
+	XBZRLE     *XBZRLEStats    `json:"xbzrle-cache"`
 	ErrorDesc  string          `json:"error-desc"`
 	Raw        json.RawMessage `json:"raw"`        // the answer as QEMU sent it
 	QueriedAt  time.Time       `json:"queried-at"` // when the harness asked

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"nasmig/tools/nbd"
 )
 
 // storageDaemonForTest finds a qemu-storage-daemon: NASMIG_OUT's first,
@@ -72,7 +74,7 @@ func TestNBDClientAgainstStorageDaemon(t *testing.T) {
 	}
 
 	// More than one request's worth, at an unaligned offset.
-	data := make([]byte, nbdMaxChunk+12345)
+	data := make([]byte, nbd.MaxChunk+12345)
 	rng := rand.New(rand.NewPCG(7, 7))
 	for i := range data {
 		data[i] = byte(rng.Uint32())
@@ -146,7 +148,7 @@ func TestNBDReadOnlyAndUnknownExport(t *testing.T) {
 		t.Errorf("read of a fresh qcow2 through its format node: %v", err)
 	}
 
-	if _, err := DialNBD(ctx, s.Paths.Socket, "no-such-export"); err == nil || !strings.Contains(err.Error(), "no-such-export") {
+	if _, err := nbd.Dial(ctx, "unix", s.Paths.Socket, "no-such-export"); err == nil || !strings.Contains(err.Error(), "no-such-export") {
 		t.Errorf("unknown export: %v", err)
 	}
 }

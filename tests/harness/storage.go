@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"nasmig/tools/nbd"
 )
 
 // StorageConfig describes the shared storage: one qemu-storage-daemon that
@@ -177,7 +179,7 @@ func StartStorage(ctx context.Context, cfg StorageConfig, paths StoragePaths) (*
 	conn, err := dialWhenReady(ctx, cfg.NetNS, network, addr, s.exited)
 	if err == nil {
 		conn.Close()
-		var client *NBDClient
+		var client *nbd.Client
 		if client, err = s.Dial(ctx); err == nil {
 			err = client.Close()
 		}
@@ -261,11 +263,15 @@ func (s *StorageDaemon) Disk(bus string) *DiskConfig {
 }
 
 // Dial opens a new NBD connection to the export: a client beside the QEMUs.
-func (s *StorageDaemon) Dial(ctx context.Context) (*NBDClient, error) {
+func (s *StorageDaemon) Dial(ctx context.Context) (*nbd.Client, error) {
 	if s.Config.Listen != "" {
-		return dialNBD(ctx, s.Config.NetNS, "tcp", s.Config.Listen, s.Config.ExportName)
+		conn, err := dialInNetNS(ctx, s.Config.NetNS, "tcp", s.Config.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("nbd connect %s: %w", s.Config.Listen, err)
+		}
+		return nbd.Handshake(ctx, conn, s.Config.ExportName)
 	}
-	return DialNBD(ctx, s.Paths.Socket, s.Config.ExportName)
+	return nbd.Dial(ctx, "unix", s.Paths.Socket, s.Config.ExportName)
 }
 
 // WriteAt writes data at off of the export through a connection of its own,

@@ -27,10 +27,13 @@ commands:
                        sections, RAM blocks and their page kinds, references by
                        disk, the nasmig setup, where device state begins
       nasmig-inspect stream /var/tmp/vm.mig      (from: migrate "exec:cat>/var/tmp/vm.mig")
-  verify FILE --disk INDEX_OR_NAME=PATH ...
-                       read the block of every reference from raw images and
-                       check its keyed hash (the key seed is in the stream)
+  verify FILE [--disk INDEX_OR_NAME=PATH_OR_NBD_URI ...] [--no-default-disks]
+                       read the block of every reference from raw images or
+                       NBD exports and check its keyed hash (the key seed is in
+                       the stream); a disk without --disk is read at the
+                       filename the stream names, when that opens here
       nasmig-inspect verify vm.mig --disk 0=/srv/disk0.raw
+      nasmig-inspect verify vm.mig --disk disk0=nbd+unix:///disk0?socket=/run/sto.nbd
   map SOCKET [--dump FILE]
                        print the live map of a library started with
                        debug-socket=SOCKET; --dump writes every mapping as JSON

@@ -142,7 +142,7 @@ func TestVerify(t *testing.T) {
 	img0, img3 := randomImage(r, 16), randomImage(r, 4)
 	disks := []wire.Disk{
 		{Index: 0, Size: uint64(len(img0)), Filename: "nbd+unix:///d0?socket=/run/s.sock", NodeName: "node0"},
-		{Index: 3, Size: uint64(len(img3)), Filename: "/base.raw", NodeName: "base"},
+		{Index: 3, Size: uint64(len(img3)), Filename: filepath.Join(dir, "d3.raw"), NodeName: "base"},
 	}
 	var refs []*testRef
 	for i := range 10 {
@@ -184,11 +184,24 @@ func TestVerify(t *testing.T) {
 		t.Errorf("by filename: exit %d\n%s", code, out)
 	}
 	// A disk without an image: its references are not checked, exit 1.
-	if code, _, errs := runCmd(t, "verify", path, "--disk", "3="+p3); code != exitMismatch || !strings.Contains(errs, "10 were not checked") {
-		t.Errorf("missing image: exit %d, %s", code, errs)
+	// Disk 0's own filename is an export that is not there: said so.
+	if code, out, errs := runCmd(t, "verify", path, "--disk", "3="+p3); code != exitMismatch || !strings.Contains(errs, "10 were not checked") ||
+		!strings.Contains(out, "the stream's filename does not open here: nbd connect /run/s.sock") {
+		t.Errorf("missing image: exit %d, %s%s", code, out, errs)
 	}
-	if code, _, errs := runCmd(t, "verify", path, "--disk", "0=nbd+unix:///x?socket=/s"); code != exitBad || !strings.Contains(errs, "NBD URIs are not implemented") {
-		t.Errorf("NBD: exit %d, %s", code, errs)
+	// Disk 3 is read at its filename in the stream when not given.
+	os.WriteFile(p0, img0, 0o644)
+	if code, out, errs := runCmd(t, "verify", path, "--disk", "0="+p0); code != exitOK || !strings.Contains(out, "the stream's own filename") {
+		t.Errorf("disk from the stream's table: exit %d, %s%s", code, out, errs)
+	}
+	if code, _, errs := runCmd(t, "verify", path, "--disk", "0="+p0, "--no-default-disks"); code != exitMismatch || !strings.Contains(errs, "1 were not checked") {
+		t.Errorf("--no-default-disks: exit %d, %s", code, errs)
+	}
+	if code, _, errs := runCmd(t, "verify", path, "--disk", "0=nbd+unix:///x?socket=/nonexistent.sock"); code != exitBad || !strings.Contains(errs, "nbd connect /nonexistent.sock") {
+		t.Errorf("NBD export not there: exit %d, %s", code, errs)
+	}
+	if code, _, errs := runCmd(t, "verify", path, "--disk", "0=nbds://h/x"); code != exitBad || !strings.Contains(errs, "TLS") {
+		t.Errorf("NBD over TLS: exit %d, %s", code, errs)
 	}
 	if code, _, errs := runCmd(t, "verify", path, "--disk", "7="+p0); code != exitBad || !strings.Contains(errs, "no disk") {
 		t.Errorf("unknown disk: exit %d, %s", code, errs)

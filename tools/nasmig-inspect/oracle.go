@@ -67,7 +67,8 @@ type OracleStream struct {
 type blockIndex struct {
 	seed  maphash.Seed
 	m     map[uint64]uint64
-	disks []*os.File
+	disks []*image
+	paths []string
 }
 
 const oracleChunk = 1 << 20
@@ -80,7 +81,7 @@ func cmdOracle(args []string, e env) (int, error) {
 	ram := fs.String("ram", "", "guest RAM `DUMP`: raw (pmemsave) or ELF (dump-guest-memory)")
 	stream := fs.String("stream", "", "migration stream `FILE` whose references to compare")
 	var disks multiFlag
-	fs.Var(&disks, "disk", "disk image `PATH` (repeat)")
+	fs.Var(&disks, "disk", "disk image `PATH` or NBD URI (repeat)")
 	if _, err := parseArgs(fs, args, 0); err != nil {
 		return exitBad, err
 	}
@@ -139,16 +140,14 @@ func (x *blockIndex) add(path string, prog *progress, label string) (OracleDisk,
 	if len(x.disks) >= 1<<15 {
 		return d, fmt.Errorf("too many disks")
 	}
-	f, err := os.Open(path)
+	im, err := openImage(path)
 	if err != nil {
 		return d, fmt.Errorf("--disk: %w", err)
 	}
-	x.disks = append(x.disks, f)
-	st, err := f.Stat()
-	if err != nil {
-		return d, fmt.Errorf("--disk %s: %w", path, err)
-	}
-	d.Size = st.Size()
+	x.disks = append(x.disks, im)
+	x.paths = append(x.paths, path)
+	d.Size = im.size
+	f := io.NewSectionReader(im, 0, im.size)
 	disk := uint64(len(x.disks) - 1)
 	buf := make([]byte, oracleChunk)
 	var off int64
@@ -184,9 +183,9 @@ func (x *blockIndex) match(page, scratch []byte) (found, collision bool, err err
 	if !ok {
 		return false, false, nil
 	}
-	f := x.disks[loc>>48]
-	if _, err := f.ReadAt(scratch, int64(loc&(1<<48-1))*cshim.PageSize); err != nil {
-		return false, false, fmt.Errorf("re-reading %s: %w", f.Name(), err)
+	disk := loc >> 48
+	if _, err := x.disks[disk].ReadAt(scratch, int64(loc&(1<<48-1))*cshim.PageSize); err != nil {
+		return false, false, fmt.Errorf("re-reading %s: %w", x.paths[disk], err)
 	}
 	if bytes.Equal(page, scratch) {
 		return true, false, nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"nasmig/cshim"
 	"nasmig/tools/nasmig-inspect/migstream"
+	"nasmig/tools/nbd"
 )
 
 // VerifyReport is verify's JSON output.
@@ -31,6 +33,7 @@ type VerifyReport struct {
 	Unchecked  uint64       `json:"unchecked"` // references to disks without --disk
 	Failures   []VerifyFail `json:"failures"`
 	BytesRead  uint64       `json:"bytes_read"`
+	Reads      uint64       `json:"reads"` // read requests (neighbouring blocks are read together)
 	Seconds    float64      `json:"seconds"`
 	OK         bool         `json:"ok"`
 }
@@ -47,6 +50,10 @@ type VerifyDisk struct {
 	Matched    uint64 `json:"matched"`
 	Mismatched uint64 `json:"mismatched"`
 	OutOfRange uint64 `json:"out_of_range"`
+	// FromTable: Image is the stream's own filename (no --disk given);
+	// ImageError says why that name did not open here.
+	FromTable  bool   `json:"from_table,omitempty"`
+	ImageError string `json:"image_error,omitempty"`
 }
 
 // VerifyFail is a reference that did not verify.
@@ -74,7 +81,8 @@ func cmdVerify(args []string, e env) (int, error) {
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "JSON output (schema nasmig-inspect/1)")
 	var diskArgs multiFlag
-	fs.Var(&diskArgs, "disk", "INDEX_OR_NAME=PATH of a raw image (repeat)")
+	fs.Var(&diskArgs, "disk", "INDEX_OR_NAME=PATH_OR_NBD_URI: where a disk of the stream is read here (repeat)")
+	noDefault := fs.Bool("no-default-disks", false, "do not open disks without --disk at the filename the stream names")
 	pos, err := parseArgs(fs, args, 1)
 	if err != nil {
 		return exitBad, err
@@ -120,10 +128,10 @@ func cmdVerify(args []string, e env) (int, error) {
 			byIndex[d.Index] = vd
 		}
 	}
-	images := map[uint8]*os.File{}
+	images := map[uint8]*image{}
 	defer func() {
-		for _, f := range images {
-			f.Close()
+		for _, im := range images {
+			im.Close()
 		}
 	}()
 	for _, a := range diskArgs {
@@ -131,23 +139,31 @@ func cmdVerify(args []string, e env) (int, error) {
 		if err != nil {
 			return exitBad, err
 		}
-		if strings.HasPrefix(path, "nbd:") || strings.HasPrefix(path, "nbd+") {
-			return exitBad, fmt.Errorf("--disk %s: NBD URIs are not implemented; give a raw image file (or the qcow2/raw file under the format: references address the protocol node)", a)
-		}
-		f, err := os.Open(path)
+		im, err := openImage(path)
 		if err != nil {
-			return exitBad, fmt.Errorf("--disk %s: %w", a, err)
-		}
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
 			return exitBad, fmt.Errorf("--disk %s: %w", a, err)
 		}
 		if old := images[vd.Index]; old != nil {
 			old.Close()
 		}
-		images[vd.Index] = f
-		vd.Image, vd.ImageSize = path, st.Size()
+		images[vd.Index] = im
+		vd.Image, vd.ImageSize = path, im.size
+	}
+	// A disk without --disk is read where the stream says it was, when that
+	// name opens here: the same file on shared storage, or the same export.
+	if !*noDefault {
+		for _, vd := range vr.Disks {
+			if images[vd.Index] != nil || vd.Filename == "" {
+				continue
+			}
+			im, err := openImage(vd.Filename)
+			if err != nil {
+				vd.ImageError = err.Error()
+				continue
+			}
+			images[vd.Index] = im
+			vd.Image, vd.ImageSize, vd.FromTable = vd.Filename, im.size, true
+		}
 	}
 
 	// The references' hashes are keyed with the migration key, which the
@@ -161,21 +177,16 @@ func cmdVerify(args []string, e env) (int, error) {
 		return a.Disk < b.Disk || a.Disk == b.Disk && a.Offset < b.Offset
 	})
 	start := time.Now()
-	block := make([]byte, cshim.PageSize)
-	cached := struct {
-		disk uint8
-		off  uint64
-		ok   bool
-	}{}
-	for _, rr := range refs {
+	win := window{buf: make([]byte, verifyWindow)}
+	for i, rr := range refs {
 		ref := rr.p.Ref
 		fail := func(reason string) {
 			vr.Failures = append(vr.Failures, VerifyFail{StreamOffset: rr.p.StreamOffset, RAMBlock: rr.p.Block, RAMOffset: rr.p.Offset,
 				Disk: ref.Disk, DiskOffset: ref.Offset, Reason: reason, Stale: rr.stale})
 		}
 		vd := byIndex[ref.Disk]
-		f := images[ref.Disk]
-		if vd == nil || f == nil {
+		im := images[ref.Disk]
+		if vd == nil || im == nil {
 			vr.Unchecked++
 			fail("no-image")
 			continue
@@ -187,12 +198,15 @@ func cmdVerify(args []string, e env) (int, error) {
 			fail("out-of-range")
 			continue
 		}
-		if !cached.ok || cached.disk != ref.Disk || cached.off != ref.Offset {
-			if _, err := f.ReadAt(block, int64(ref.Offset)); err != nil && !errors.Is(err, io.EOF) {
+		block := win.block(ref.Disk, ref.Offset)
+		if block == nil {
+			n, err := win.fill(im, refs[i:], uint64(vd.ImageSize))
+			if err != nil {
 				return exitBad, fmt.Errorf("reading disk %d (%s) at %d: %w", ref.Disk, vd.Image, ref.Offset, err)
 			}
-			vr.BytesRead += cshim.PageSize
-			cached.disk, cached.off, cached.ok = ref.Disk, ref.Offset, true
+			vr.BytesRead += n
+			vr.Reads++
+			block = win.block(ref.Disk, ref.Offset)
 		}
 		vr.Checked++
 		if cshim.HashPageMig(block) == ref.Hash {
@@ -270,8 +284,14 @@ func printVerify(w io.Writer, vr *VerifyReport) {
 	fmt.Fprintf(w, "verify %s: %d references\n", vr.Stream, vr.Refs)
 	for _, d := range vr.Disks {
 		img := "NOT GIVEN (--disk)"
+		if d.ImageError != "" {
+			img = "NOT GIVEN (--disk), and the stream's filename does not open here: " + d.ImageError
+		}
 		if d.Image != "" {
 			img = fmt.Sprintf("%s (%d bytes)", d.Image, d.ImageSize)
+			if d.FromTable {
+				img += ", the stream's own filename"
+			}
 		}
 		fmt.Fprintf(w, "  disk %d %s (node %s, %d bytes): image %s\n", d.Index, d.Filename, d.NodeName, d.Size, img)
 		fmt.Fprintf(w, "    %d references: %d match, %d do not, %d past the end\n", d.Refs, d.Matched, d.Mismatched, d.OutOfRange)
@@ -296,11 +316,108 @@ func printVerify(w io.Writer, vr *VerifyReport) {
 	if vr.Seconds > 0 {
 		rate = float64(vr.BytesRead) / 1e6 / vr.Seconds
 	}
-	fmt.Fprintf(w, "checked %d: %d match, %d do not (+%d stale), %d past the end, %d unchecked; %d blocks read (%s) in %.2fs, %.0f MB/s\n",
-		vr.Checked, vr.Matched, vr.Mismatched, vr.StaleBad, vr.OutOfRange, vr.Unchecked, vr.BytesRead/cshim.PageSize, mib(vr.BytesRead), vr.Seconds, rate)
+	fmt.Fprintf(w, "checked %d: %d match, %d do not (+%d stale), %d past the end, %d unchecked; %d blocks read (%s) in %d reads, %.2fs, %.0f MB/s\n",
+		vr.Checked, vr.Matched, vr.Mismatched, vr.StaleBad, vr.OutOfRange, vr.Unchecked, vr.BytesRead/cshim.PageSize, mib(vr.BytesRead), vr.Reads, vr.Seconds, rate)
 	if vr.OK {
 		fmt.Fprintln(w, "OK: every reference matches its block")
 	} else {
 		fmt.Fprintln(w, "FAILED")
 	}
+}
+
+// image is a disk's content as verify reads it: a raw file or an NBD export.
+type image struct {
+	io.ReaderAt
+	size  int64
+	close func() error
+}
+
+func (im *image) Close() error { return im.close() }
+
+// openImage opens a raw image file or an NBD URI (QEMU's forms). A
+// reference addresses the node whose filename the stream names: for qcow2
+// on NBD that is the export of the protocol (file) node, for a local qcow2
+// the file itself.
+func openImage(name string) (*image, error) {
+	if nbd.IsURI(name) {
+		target, err := nbd.ParseURI(name)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := nbd.Dial(ctx, target.Network, target.Addr, target.Export)
+		if err != nil {
+			return nil, err
+		}
+		return &image{ReaderAt: c, size: c.Size(), close: c.Close}, nil
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	size := st.Size()
+	if st.Mode()&os.ModeDevice != 0 {
+		if size, err = f.Seek(0, io.SeekEnd); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: size of the device: %w", name, err)
+		}
+	} else if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: not a file or a block device", name)
+	}
+	return &image{ReaderAt: f, size: size, close: f.Close}, nil
+}
+
+// verifyWindow bounds one read: blocks referenced close together are read
+// at once (over NBD one request per block would cost a round trip each).
+const (
+	verifyWindow = 1 << 20
+	// verifyMaxGap: a gap larger than this between referenced blocks ends a
+	// read rather than reading the unreferenced blocks in it.
+	verifyMaxGap = 64 << 10
+)
+
+// window holds the bytes of one read: disk, from start, len(data).
+type window struct {
+	disk  uint8
+	start uint64
+	data  []byte
+	buf   []byte
+}
+
+// block returns the 4 KiB at off of disk when the window holds it.
+func (w *window) block(disk uint8, off uint64) []byte {
+	if w.data == nil || disk != w.disk || off < w.start || off+cshim.PageSize > w.start+uint64(len(w.data)) {
+		return nil
+	}
+	return w.data[off-w.start : off-w.start+cshim.PageSize]
+}
+
+// fill reads from the first reference's block through the last following
+// reference (same disk, in offset order) that fits the window without a
+// large gap, clipped to the image's size; it returns the bytes read.
+func (w *window) fill(im io.ReaderAt, refs []refRec, imageSize uint64) (uint64, error) {
+	first := refs[0].p.Ref
+	end := first.Offset + cshim.PageSize
+	for _, r := range refs[1:] {
+		ref := r.p.Ref
+		if ref.Disk != first.Disk || ref.Offset+cshim.PageSize > imageSize ||
+			ref.Offset+cshim.PageSize-first.Offset > uint64(len(w.buf)) || ref.Offset > end+verifyMaxGap {
+			break
+		}
+		end = max(end, ref.Offset+cshim.PageSize)
+	}
+	w.data = nil
+	data := w.buf[:end-first.Offset]
+	if _, err := im.ReadAt(data, int64(first.Offset)); err != nil && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	w.disk, w.start, w.data = first.Disk, first.Offset, data
+	return uint64(len(data)), nil
 }

@@ -1,4 +1,7 @@
-package harness
+// Package nbd is a minimal NBD client, shared by nasmig-inspect (verify
+// reads referenced blocks from an export) and the test harness (a second
+// client that changes a disk under a running guest).
+package nbd
 
 import (
 	"context"
@@ -11,11 +14,9 @@ import (
 	"time"
 )
 
-// A minimal NBD client (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md):
+// The protocol (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md):
 // fixed newstyle handshake, NBD_OPT_GO with a fallback to NBD_OPT_EXPORT_NAME,
-// simple replies only, one request in flight. Tests use it as a second
-// client of the shared export, to change the disk under a running guest the
-// way another host would, without needing qemu-io.
+// simple replies only, one request in flight.
 //
 // Handshake (server first):
 //
@@ -56,17 +57,17 @@ const (
 	nbdCmdDisc  = 2
 	nbdCmdFlush = 3
 
-	// nbdMaxChunk bounds one request. QEMU's server accepts 32 MiB; 1 MiB
+	// MaxChunk bounds one request. QEMU's server accepts 32 MiB; 1 MiB
 	// keeps the buffer small and is still far from latency-bound.
-	nbdMaxChunk = 1 << 20
+	MaxChunk = 1 << 20
 	// nbdMaxOptReply bounds what the client believes about the length of an
 	// option reply: a peer is not trusted to size our allocations.
 	nbdMaxOptReply = 64 << 10
 )
 
-// NBDClient is one connection to an NBD export. It is not safe for
+// Client is one connection to an NBD export. It is not safe for
 // concurrent use.
-type NBDClient struct {
+type Client struct {
 	conn   net.Conn
 	export string
 	size   int64
@@ -77,37 +78,40 @@ type NBDClient struct {
 	Timeout time.Duration
 }
 
-// DialNBD connects to the NBD server on the unix socket at socketPath and
-// opens export. ctx bounds the connection and the handshake.
-func DialNBD(ctx context.Context, socketPath, export string) (*NBDClient, error) {
-	return dialNBD(ctx, "", "unix", socketPath, export)
-}
-
-// dialNBD connects from namespace ns (empty: this one) to network/addr.
-func dialNBD(ctx context.Context, ns, network, addr, export string) (*NBDClient, error) {
-	conn, err := dialInNetNS(ctx, ns, network, addr)
+// Dial connects to network/addr ("unix" and a socket path, or "tcp" and
+// host:port) and opens export. ctx bounds the connection and the handshake.
+func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("nbd connect %s: %w", addr, err)
 	}
-	c := &NBDClient{conn: conn, export: export, Timeout: 60 * time.Second}
+	return Handshake(ctx, conn, export)
+}
+
+// Handshake opens export on a connection the caller dialed (in another
+// network namespace, say); the client owns conn from here on, and closes it
+// on failure.
+func Handshake(ctx context.Context, conn net.Conn, export string) (*Client, error) {
+	c := &Client{conn: conn, export: export, Timeout: 60 * time.Second}
 	if deadline, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(deadline)
 	}
 	// Cancellation, not only the deadline, must interrupt a blocked read.
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	err = c.handshake()
+	err := c.handshake()
 	if !stop() { // ctx ended: the deadline was forced into the past
 		err = errors.Join(err, ctx.Err())
 	}
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("nbd handshake with %s, export %q: %w", addr, export, err)
+		return nil, fmt.Errorf("nbd handshake with %s, export %q: %w", conn.RemoteAddr(), export, err)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return c, nil
 }
 
-func (c *NBDClient) handshake() error {
+func (c *Client) handshake() error {
 	var greeting struct {
 		Magic    uint64
 		OptMagic uint64
@@ -134,15 +138,15 @@ func (c *NBDClient) handshake() error {
 		return fmt.Errorf("send client flags: %w", err)
 	}
 	err := c.optGo()
-	if errors.Is(err, errNBDOptUnsupported) {
+	if errors.Is(err, errOptUnsupported) {
 		return c.optExportName(noZeroes)
 	}
 	return err
 }
 
-var errNBDOptUnsupported = errors.New("option not supported by the server")
+var errOptUnsupported = errors.New("option not supported by the server")
 
-func (c *NBDClient) sendOption(option uint32, data []byte) error {
+func (c *Client) sendOption(option uint32, data []byte) error {
 	header := make([]byte, 16, 16+len(data))
 	binary.BigEndian.PutUint64(header[0:], nbdOptMagic)
 	binary.BigEndian.PutUint32(header[8:], option)
@@ -155,7 +159,7 @@ func (c *NBDClient) sendOption(option uint32, data []byte) error {
 
 // optGo negotiates the export with NBD_OPT_GO, which reports errors with a
 // message instead of closing the connection.
-func (c *NBDClient) optGo() error {
+func (c *Client) optGo() error {
 	data := make([]byte, 4+len(c.export)+2)
 	binary.BigEndian.PutUint32(data, uint32(len(c.export)))
 	copy(data[4:], c.export)
@@ -186,7 +190,7 @@ func (c *NBDClient) optGo() error {
 		}
 		switch {
 		case header.Type == nbdRepErrUnsup:
-			return errNBDOptUnsupported
+			return errOptUnsupported
 		case header.Type&nbdRepFlagError != 0:
 			return fmt.Errorf("server refused export (reply type %#x): %s", header.Type, payload)
 		case header.Type == nbdRepInfo:
@@ -207,7 +211,7 @@ func (c *NBDClient) optGo() error {
 
 // optExportName is the old way to pick an export: the server answers with
 // the export's size and flags, or closes the connection.
-func (c *NBDClient) optExportName(noZeroes bool) error {
+func (c *Client) optExportName(noZeroes bool) error {
 	if err := c.sendOption(nbdOptExportName, []byte(c.export)); err != nil {
 		return err
 	}
@@ -229,14 +233,14 @@ func (c *NBDClient) optExportName(noZeroes bool) error {
 }
 
 // Size is the export's size in bytes.
-func (c *NBDClient) Size() int64 { return c.size }
+func (c *Client) Size() int64 { return c.size }
 
 // ReadOnly says whether the server refuses writes to this export.
-func (c *NBDClient) ReadOnly() bool { return c.flags&nbdTransFlagReadOnly != 0 }
+func (c *Client) ReadOnly() bool { return c.flags&nbdTransFlagReadOnly != 0 }
 
 // request sends one command and reads its simple reply; for a read, the
 // reply's data lands in readInto.
-func (c *NBDClient) request(cmd uint16, offset uint64, length uint32, writeData, readInto []byte) error {
+func (c *Client) request(cmd uint16, offset uint64, length uint32, writeData, readInto []byte) error {
 	c.cookie++
 	packet := make([]byte, 28, 28+len(writeData))
 	binary.BigEndian.PutUint32(packet[0:], nbdRequestMagic)
@@ -280,7 +284,7 @@ func (c *NBDClient) request(cmd uint16, offset uint64, length uint32, writeData,
 	return nil
 }
 
-func (c *NBDClient) checkRange(op string, n int, off int64) error {
+func (c *Client) checkRange(op string, n int, off int64) error {
 	if off < 0 || off+int64(n) > c.size {
 		return fmt.Errorf("nbd %s of %d bytes at %d: outside the export (%d bytes)", op, n, off, c.size)
 	}
@@ -288,13 +292,13 @@ func (c *NBDClient) checkRange(op string, n int, off int64) error {
 }
 
 // ReadAt reads len(p) bytes at off (io.ReaderAt).
-func (c *NBDClient) ReadAt(p []byte, off int64) (int, error) {
+func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 	if err := c.checkRange("read", len(p), off); err != nil {
 		return 0, err
 	}
 	done := 0
 	for done < len(p) {
-		chunk := min(len(p)-done, nbdMaxChunk)
+		chunk := min(len(p)-done, MaxChunk)
 		if err := c.request(nbdCmdRead, uint64(off)+uint64(done), uint32(chunk), nil, p[done:done+chunk]); err != nil {
 			return done, fmt.Errorf("nbd read of %d bytes at %d: %w", chunk, off+int64(done), err)
 		}
@@ -304,7 +308,7 @@ func (c *NBDClient) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // WriteAt writes p at off (io.WriterAt). The data is durable only after Flush.
-func (c *NBDClient) WriteAt(p []byte, off int64) (int, error) {
+func (c *Client) WriteAt(p []byte, off int64) (int, error) {
 	if c.ReadOnly() {
 		return 0, fmt.Errorf("nbd write to export %q: export is read-only", c.export)
 	}
@@ -313,7 +317,7 @@ func (c *NBDClient) WriteAt(p []byte, off int64) (int, error) {
 	}
 	done := 0
 	for done < len(p) {
-		chunk := min(len(p)-done, nbdMaxChunk)
+		chunk := min(len(p)-done, MaxChunk)
 		if err := c.request(nbdCmdWrite, uint64(off)+uint64(done), uint32(chunk), p[done:done+chunk], nil); err != nil {
 			return done, fmt.Errorf("nbd write of %d bytes at %d: %w", chunk, off+int64(done), err)
 		}
@@ -324,7 +328,7 @@ func (c *NBDClient) WriteAt(p []byte, off int64) (int, error) {
 
 // Flush asks the server to make completed writes durable. Servers that do
 // not advertise flush make every write durable already.
-func (c *NBDClient) Flush() error {
+func (c *Client) Flush() error {
 	if c.flags&nbdTransFlagSendFlush == 0 {
 		return nil
 	}
@@ -335,7 +339,7 @@ func (c *NBDClient) Flush() error {
 }
 
 // Close ends the session politely (NBD_CMD_DISC) and closes the connection.
-func (c *NBDClient) Close() error {
+func (c *Client) Close() error {
 	discErr := c.request(nbdCmdDisc, 0, 0, nil, nil)
 	closeErr := c.conn.Close()
 	if err := errors.Join(discErr, closeErr); err != nil {
