@@ -369,6 +369,10 @@ func FuzzStream(f *testing.F) {
 	f.Add(smallSample(true))
 	f.Add(smallSample(false, "x-ignore-shared", "mapped-ram"))
 	f.Add(trailing())
+	if real := qemuStreamSeed(f); real != nil {
+		f.Add(real)
+		f.Add(real[:len(real)/2])
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rep, err := Decode(bytes.NewReader(data), Options{MaxTail: 1 << 20})
 		if rep == nil {
