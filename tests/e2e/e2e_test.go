@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -94,6 +95,10 @@ type e2eCase struct {
 	check func(t *testing.T, o outcome)
 	// debugSocket: the source's library serves its map on srcDebugSocket.
 	debugSocket bool
+	// dimm: the source boots with a pc-dimm whose memory the guest onlines
+	// as movable (page cache goes there first); the destination has a
+	// free slot and no DIMM (the flow unplugs it before migrating).
+	dimm bool
 	// dstOwnDisk gives the destination a disk of its own (another NBD
 	// server on a copy of the image): not the source's shared disk.
 	dstOwnDisk bool
@@ -472,6 +477,12 @@ func cases() []e2eCase {
 			src: nasmigASan, dst: nasmigASan, flow: asanFlow(hotplugFlow),
 		},
 		nasmigBothSides(e2eCase{
+			// The page cache partly in a pc-dimm, which is unplugged and
+			// its backend deleted before the migration.
+			name: "28b-pc-dimm-unplugged", workload: "pagecache-read", dimm: true, debugSocket: true,
+			flow: dimmFlow,
+		}),
+		nasmigBothSides(e2eCase{
 			// A disk hot-plugged, read and unplugged, then another file
 			// hot-plugged under the same node name; a CD-ROM attached.
 			name: "28-hotplug-unplug-cdrom", workload: "pagecache-read", hotplug: true,
@@ -760,12 +771,21 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 		}
 		srcCfg.ExtraArgs = append(srcCfg.ExtraArgs, args...)
 	}
-	c.src.apply(&srcCfg, env)
-	if c.debugSocket && srcCfg.Plugin != "" {
-		// The source's alone: apply gives the destination its own arguments.
-		srcCfg.PluginArgs = append(srcCfg.PluginArgs, "debug-socket="+p.run.SocketPath(srcDebugSocket))
+	if c.dimm {
+		srcCfg.MemSlots, srcCfg.MaxMemMiB = 2, guestMemMiB+2*dimmMiB
+		srcCfg.Append += " memhp_default_state=online_movable"
 	}
-	if p.src, err = p.run.StartVM(ctx, srcCfg); err != nil {
+	c.src.apply(&srcCfg, env)
+	// What the source alone gets: apply gives the destination its own
+	// plugin arguments, and dstCfg starts from srcCfg.
+	startCfg := srcCfg
+	if c.debugSocket && srcCfg.Plugin != "" {
+		startCfg.PluginArgs = append(slices.Clone(srcCfg.PluginArgs), "debug-socket="+p.run.SocketPath(srcDebugSocket))
+	}
+	if c.dimm {
+		startCfg.ExtraArgs = append(slices.Clone(srcCfg.ExtraArgs), dimmArgs()...)
+	}
+	if p.src, err = p.run.StartVM(ctx, startCfg); err != nil {
 		t.Fatal(err)
 	}
 	// SeaBIOS spends ~32 s probing an AHCI disk before the kernel starts.

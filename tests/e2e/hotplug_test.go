@@ -222,3 +222,94 @@ func asanFlow(flow func(t *testing.T, ctx context.Context, p *pair)) func(t *tes
 		flow(t, ctx, p)
 	}
 }
+
+// Memory that comes and goes: a pc-dimm (virsh attach-device with a
+// <memory model='dimm'>, OpenStack's and Proxmox's memory hot-plug).
+const (
+	dimmMiB     = 256
+	dimmDevice  = "dimm0"
+	dimmBackend = "dimmmem"
+)
+
+// dimmArgs plugs a 256 MiB pc-dimm at boot. The guest onlines it as
+// ZONE_MOVABLE (memhp_default_state=online_movable), which movable
+// allocations such as the page cache try first: the workload's reads fill
+// it.
+func dimmArgs() []string {
+	return []string{
+		"-object", fmt.Sprintf("memory-backend-ram,id=%s,size=%dM", dimmBackend, dimmMiB),
+		"-device", fmt.Sprintf("pc-dimm,id=%s,memdev=%s", dimmDevice, dimmBackend),
+	}
+}
+
+// dimmFlow: the guest's page cache sits partly in the DIMM (the library's
+// map says how much); the DIMM is unplugged (the guest offlines it, moving
+// its pages out) and its memory backend deleted, which frees the RAMBlock
+// the library had handles to. Then the migration must complete with
+// identical RAM and the guest verify its files: no handle may reach the
+// freed block, and no reference may describe a page that moved.
+func dimmFlow(t *testing.T, ctx context.Context, p *pair) {
+	socket := p.run.SocketPath(srcDebugSocket)
+	var before mapReportBlocks
+	inspectJSON(t, ctx, p.env, 0, &before, "map", socket)
+	inDIMM := before.mapped(dimmBackend)
+	t.Logf("before the unplug: %d pages mapped, %d of them in the DIMM (RAM block %s)", before.Mapped, inDIMM, dimmBackend)
+	if inDIMM == 0 {
+		t.Fatalf("no mapped page in the DIMM: the test would not exercise its removal (RAM blocks %+v)", before.RAMBlocks)
+	}
+	if _, err := p.src.QMP.Execute(ctx, "device_del", map[string]any{"id": dimmDevice}); err != nil {
+		t.Fatal(err)
+	}
+	// The guest offlines the memory (migrating its pages), then ejects.
+	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		raw, err := p.src.QMP.Execute(waitCtx, "query-memory-devices", nil)
+		if err != nil {
+			t.Fatalf("waiting for the guest to release the DIMM: %v", err)
+		}
+		if strings.TrimSpace(string(raw)) == "[]" {
+			break
+		}
+		select {
+		case <-waitCtx.Done():
+			t.Fatalf("the guest did not release the DIMM in 2 minutes: %s\n%s", raw, p.src.LogTail(20))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if _, err := p.src.QMP.Execute(ctx, "object-del", map[string]any{"id": dimmBackend}); err != nil {
+		t.Fatal(err)
+	}
+	var after mapReportBlocks
+	inspectJSON(t, ctx, p.env, 0, &after, "map", socket)
+	t.Logf("after the unplug: %d pages mapped, %d in the DIMM's RAM block", after.Mapped, after.mapped(dimmBackend))
+	// The guest goes on (its heartbeat) with the page cache it kept.
+	mark := p.src.Serial.Mark()
+	waitBeats(t, ctx, p.src, mark, 2)
+
+	o := migrateAndCompare(t, ctx, p)
+	requireRefs(t, o)
+	if o.dst.VerifyFailures != 0 || o.dst.Fallbacks != 0 {
+		t.Logf("NOTE: destination verify-failures %d, fallbacks %d (pages asked from the source)", o.dst.VerifyFailures, o.dst.Fallbacks)
+	}
+	resumeAndVerify(t, ctx, p)
+}
+
+// mapReportBlocks is map's JSON with its RAM blocks.
+type mapReportBlocks struct {
+	Mapped    uint64
+	RAMBlocks []struct {
+		Name   string
+		Pages  uint64
+		Mapped uint64
+	} `json:"ramblocks"`
+}
+
+func (m mapReportBlocks) mapped(block string) uint64 {
+	for _, b := range m.RAMBlocks {
+		if b.Name == block {
+			return b.Mapped
+		}
+	}
+	return 0
+}

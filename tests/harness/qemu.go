@@ -46,14 +46,18 @@ type DiskConfig struct {
 
 // VMConfig describes one QEMU process.
 type VMConfig struct {
-	Name       string   // short name ("src", "dst"): used for file names in the run folder
-	Binary     string   // qemu-system-x86_64
-	DataDirs   []string // each becomes -L (firmware, option ROMs), in order
-	Accel      string   // AccelKVM or AccelTCG
-	MemMiB     int      // guest RAM
-	Kernel     string   // -kernel
-	Initrd     string   // -initrd
-	Append     string   // -append: the kernel command line
+	Name     string   // short name ("src", "dst"): used for file names in the run folder
+	Binary   string   // qemu-system-x86_64
+	DataDirs []string // each becomes -L (firmware, option ROMs), in order
+	Accel    string   // AccelKVM or AccelTCG
+	MemMiB   int      // guest RAM
+	// MemSlots and MaxMemMiB make room for pc-dimm devices (-m
+	// size,slots=N,maxmem=M); zero: none.
+	MemSlots   int
+	MaxMemMiB  int
+	Kernel     string // -kernel
+	Initrd     string // -initrd
+	Append     string // -append: the kernel command line
 	Disk       *DiskConfig
 	Plugin     string   // path to libnasmig.so; empty: no plugin
 	PluginArgs []string // "key=value", appended to -plugin as ",key=value"
@@ -178,6 +182,9 @@ func (c VMConfig) Args(p VMPaths) ([]string, error) {
 		"-smp", "1",
 		"-accel", c.Accel,
 		"-m", strconv.Itoa(c.MemMiB),
+	}
+	if c.MemSlots > 0 {
+		args[len(args)-1] = fmt.Sprintf("%d,slots=%d,maxmem=%dM", c.MemMiB, c.MemSlots, c.MaxMemMiB)
 	}
 	for _, dir := range c.DataDirs {
 		args = append(args, "-L", dir)
