@@ -43,7 +43,8 @@ commands:
           guest (a minute or two; needs Go, installed by build)
   test-full
           test, then QEMU's migration-test default set as built and --full with
-          libnasmig.so loaded (about an hour more under TCG)
+          libnasmig.so loaded, then a QEMU built with AddressSanitizer and the
+          end-to-end cases 28c and 30 on it (about 80 minutes more under TCG)
   demo    build, then migrate a guest with and without nasmig and print a comparison
   bench   build, then run the benchmarks (figures printed, nothing asserted on time)
   bench-migration [--quick] [nasmig-demo flags]
@@ -193,7 +194,33 @@ EOF
 	done_step
 	touch "$build/.nasmig-built"
 	# Older builds of other keys are dead weight.
-	find "$CACHE" -maxdepth 1 \( -name 'qemu-build-*' -o -name 'qemu-src-*' \) ! -name "*-$key" -exec rm -rf {} + 2>/dev/null || true
+	find "$CACHE" -maxdepth 1 \( -name 'qemu-build-*' -o -name 'qemu-asan-*' -o -name 'qemu-src-*' \) ! -name "*-$key" -exec rm -rf {} + 2>/dev/null || true
+}
+
+# build_qemu_asan: the same patched tree configured with --enable-asan, in
+# a build folder of its own, for test-full's AddressSanitizer cases (QEMU's
+# glue and the library's C instrumented together).
+build_qemu_asan() {
+	local key tree build
+	key=$(qemu_key)
+	tree=$CACHE/qemu-src-$key
+	build=$CACHE/qemu-asan-$key
+	QEMU_ASAN=$build/qemu-system-x86_64
+	if [ -f "$build/.nasmig-built" ]; then
+		echo "QEMU with AddressSanitizer: cached build $build"
+		return
+	fi
+	[ -d "$tree" ] || die "patched QEMU tree $tree is missing: run ./build.sh build first"
+	step "building QEMU with AddressSanitizer ($build)"
+	rm -rf "$build"
+	mkdir -p "$build"
+	# shellcheck disable=SC2086
+	(cd "$build" && "$tree/configure" $CONFIGURE_ARGS --enable-asan >configure.log 2>&1) \
+		|| { tail -30 "$build/configure.log"; die "QEMU configure --enable-asan failed (log: $build/configure.log)"; }
+	(cd "$build" && ninja qemu-system-x86_64 >build.log 2>&1) \
+		|| { grep -E "error|FAILED" -A3 "$build/build.log" | head -40; die "QEMU ASan build failed (log: $build/build.log)"; }
+	touch "$build/.nasmig-built"
+	done_step
 }
 
 install_firmware() {
@@ -298,6 +325,10 @@ do_test() {
 		done_step
 		step "QEMU's own migration-test --full with libnasmig.so loaded"
 		qemu_suite --full on || fail=1
+		done_step
+		build_qemu_asan
+		step "end-to-end cases with QEMU and the library under AddressSanitizer"
+		NASMIG_QEMU_ASAN=$QEMU_ASAN go test -count=1 -v -timeout 40m -run 'TestMigrations/(28c|30)-' ./tests/e2e/... || fail=1
 		done_step
 	fi
 	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "ALL TESTS PASSED" || echo "TESTS FAILED")" $(($(date +%s) - t0))

@@ -34,7 +34,7 @@ const (
 	nasmigOn                       // -plugin libnasmig.so,log=info (auto=on: every migration that can use references does)
 	nasmigOff                      // -plugin libnasmig.so,enable=off: must change nothing
 	nasmigStrict                   // -plugin libnasmig.so,strict=on: a disk this side cannot read fails the migration
-	nasmigASan                     // -plugin libnasmig-asan.so,log=info, the ASan runtime preloaded into QEMU
+	nasmigASan                     // -plugin libnasmig-asan.so,log=info, in a QEMU built with ASan (NASMIG_QEMU_ASAN) or with the runtime preloaded
 )
 
 func (m pluginMode) String() string {
@@ -63,10 +63,16 @@ func (m pluginMode) apply(cfg *harness.VMConfig, env harness.Env) {
 		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"log=info"}
 	case nasmigASan:
 		cfg.Plugin, cfg.PluginArgs = env.ASanPluginPath(), []string{"log=info"}
-		// QEMU itself is not instrumented: the runtime must come first.
 		// Any report aborts QEMU, which fails the case.
-		cfg.Env = append(cfg.Env, "LD_PRELOAD="+asanRuntime,
-			"ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=0")
+		cfg.Env = append(cfg.Env, "ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=0")
+		if env.QEMUASan != "" {
+			// QEMU instrumented too: its glue (RAMBlock and disk
+			// handles, the read hooks) is checked with the library.
+			cfg.Binary = env.QEMUASan
+		} else {
+			// QEMU itself is not instrumented: the runtime must come first.
+			cfg.Env = append(cfg.Env, "LD_PRELOAD="+asanRuntime)
+		}
 	case nasmigOff:
 		cfg.Plugin, cfg.PluginArgs = env.PluginPath(), []string{"enable=off", "log=info"}
 	case nasmigStrict:
@@ -95,6 +101,9 @@ type e2eCase struct {
 	check func(t *testing.T, o outcome)
 	// debugSocket: the source's library serves its map on srcDebugSocket.
 	debugSocket bool
+	// needsQEMUASan: run only with a QEMU built with AddressSanitizer
+	// (./build.sh test-full); skipped, saying so, otherwise.
+	needsQEMUASan bool
 	// dimm: the source boots with a pc-dimm whose memory the guest onlines
 	// as movable (page cache goes there first); the destination has a
 	// free slot and no DIMM (the flow unplugs it before migrating).
@@ -482,6 +491,13 @@ func cases() []e2eCase {
 			name: "28b-pc-dimm-unplugged", workload: "pagecache-read", dimm: true, debugSocket: true,
 			flow: dimmFlow,
 		}),
+		{
+			// The pc-dimm case with QEMU and the library both under
+			// AddressSanitizer: a handle that reached the freed RAMBlock
+			// would be reported.
+			name: "28c-asan-qemu-pc-dimm-unplugged", workload: "pagecache-read", dimm: true, debugSocket: true,
+			src: nasmigASan, dst: nasmigASan, flow: asanFlow(dimmFlow), needsQEMUASan: true,
+		},
 		nasmigBothSides(e2eCase{
 			// A disk hot-plugged, read and unplugged, then another file
 			// hot-plugged under the same node name; a CD-ROM attached.
@@ -701,6 +717,9 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	}
 	if c.opts.Timeout == 0 {
 		c.opts.Timeout = 3 * time.Minute // these migrations take seconds
+	}
+	if c.needsQEMUASan && env.QEMUASan == "" {
+		t.Skip("skipping: needs a QEMU built with AddressSanitizer (NASMIG_QEMU_ASAN); ./build.sh test-full builds one and runs this case")
 	}
 	extraPluginArgs = nil
 	p := &pair{c: c, env: env, run: harness.NewTestRun(t, env), fig: f}

@@ -201,7 +201,11 @@ var asanRuntime = func() string {
 // AddressSanitizer report (halt_on_error also kills the QEMU that hit it).
 func asanFlow(flow func(t *testing.T, ctx context.Context, p *pair)) func(t *testing.T, ctx context.Context, p *pair) {
 	return func(t *testing.T, ctx context.Context, p *pair) {
-		t.Logf("AddressSanitizer runtime preloaded: %s", asanRuntime)
+		if p.env.QEMUASan != "" {
+			t.Logf("QEMU built with AddressSanitizer: %s", p.env.QEMUASan)
+		} else {
+			t.Logf("AddressSanitizer runtime preloaded into a QEMU not instrumented: %s", asanRuntime)
+		}
 		defer func() {
 			for _, vm := range []*harness.VM{p.src, p.dst} {
 				if vm == nil {

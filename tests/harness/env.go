@@ -16,6 +16,9 @@ type Env struct {
 	DataDirs []string // NASMIG_QEMU_DATADIRS, colon-separated: -L folders
 	Accel    string   // NASMIG_ACCEL: forced accelerator, or empty to probe
 	Keep     string   // NASMIG_KEEP: where runs keep their folders; empty: a temp folder
+	// QEMUASan (NASMIG_QEMU_ASAN) is a qemu-system-x86_64 built with
+	// --enable-asan (./build.sh test-full builds one); empty: none.
+	QEMUASan string
 }
 
 // EnvFromOS reads the NASMIG_* variables.
@@ -28,6 +31,8 @@ func LoadEnv(getenv func(string) string) Env {
 		Guest: getenv("NASMIG_GUEST"),
 		Accel: getenv("NASMIG_ACCEL"),
 		Keep:  getenv("NASMIG_KEEP"),
+
+		QEMUASan: getenv("NASMIG_QEMU_ASAN"),
 	}
 	for _, dir := range strings.Split(getenv("NASMIG_QEMU_DATADIRS"), ":") {
 		if dir != "" {
