@@ -15,25 +15,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"nasmig/cshim"
+	"nasmig/plugin/debugproto"
 )
 
-// DebugReport is what the debug socket answers (read by nasmig-inspect).
-type DebugReport struct {
-	Stats     map[string]uint64 `json:"stats"`
-	RAMBlocks []DebugRAMBlock   `json:"ramblocks"`
-	Disks     []cshim.DiskInfo  `json:"disks"`
-}
-
-// DebugRAMBlock counts the mapped pages of one RAM block.
-type DebugRAMBlock struct {
-	Name   string `json:"name"`
-	Pages  uint64 `json:"pages"`
-	Mapped uint64 `json:"mapped"`
-}
-
-func debugReport() DebugReport {
+func debugReport() debugproto.Report {
 	st := cshim.StatsSnapshot()
-	r := DebugReport{Stats: st.Map()}
+	r := debugproto.Report{Stats: st.Map()}
 	for i := 0; i < cshim.RAMBlockCount(); i++ {
 		fwd := cshim.Forward(i)
 		var mapped uint64
@@ -42,7 +29,7 @@ func debugReport() DebugReport {
 				mapped++
 			}
 		}
-		r.RAMBlocks = append(r.RAMBlocks, DebugRAMBlock{Name: cshim.RAMBlockName(i), Pages: uint64(len(fwd)), Mapped: mapped})
+		r.RAMBlocks = append(r.RAMBlocks, debugproto.RAMBlock{Name: cshim.RAMBlockName(i), Pages: uint64(len(fwd)), Mapped: mapped})
 	}
 	for i := 0; i < cshim.DiskCount(); i++ {
 		r.Disks = append(r.Disks, cshim.Disk(i))
@@ -50,52 +37,33 @@ func debugReport() DebugReport {
 	return r
 }
 
-// DebugEntry is one mapping of a dump: the page (index in its RAM block)
-// holds the disk's block (index of 4 KiB blocks).
-type DebugEntry struct {
-	RAMBlock string `json:"ramblock"`
-	Page     uint64 `json:"page"`
-	Disk     int    `json:"disk"`
-	Block    uint64 `json:"block"`
-}
-
-// debugRequestWait is how long a connection may take to send its request
-// line; a client that sends none gets the plain report after it.
-const debugRequestWait = 100 * time.Millisecond
-
-// Requests a client may send, one line each.
-const (
-	debugReqReport = ""     // nothing: the report alone (the original protocol)
-	debugReqDump   = "dump" // the report, then one DebugEntry line per mapping
-)
-
 var errDebugRequest = errors.New("bad debug request")
 
 // parseDebugRequest reads the request line a client sent (empty: none).
 func parseDebugRequest(line []byte) (string, error) {
 	req := string(bytes.TrimSpace(line))
 	switch req {
-	case debugReqReport, debugReqDump:
+	case debugproto.RequestReport, debugproto.RequestDump:
 		return req, nil
 	}
 	if len(req) > 32 {
 		req = req[:32] + "..."
 	}
-	return "", fmt.Errorf("%w %q (known: %q)", errDebugRequest, req, debugReqDump)
+	return "", fmt.Errorf("%w %q (known: %q)", errDebugRequest, req, debugproto.RequestDump)
 }
 
-// readDebugRequest reads at most one short line within debugRequestWait.
+// readDebugRequest reads at most one short line within debugproto.RequestWait.
 func readDebugRequest(c net.Conn) (string, error) {
-	c.SetReadDeadline(time.Now().Add(debugRequestWait))
+	c.SetReadDeadline(time.Now().Add(debugproto.RequestWait))
 	defer c.SetReadDeadline(time.Time{})
 	line, err := bufio.NewReaderSize(io.LimitReader(c, 256), 256).ReadSlice('\n')
 	if err != nil && len(line) == 0 {
-		return debugReqReport, nil // timeout or EOF: an old client
+		return debugproto.RequestReport, nil // timeout or EOF: an old client
 	}
 	return parseDebugRequest(line)
 }
 
-// debugDump writes every valid forward word as a DebugEntry line.
+// debugDump writes every valid forward word as one debugproto.Entry line.
 func debugDump(enc *json.Encoder) error {
 	for i := 0; i < cshim.RAMBlockCount(); i++ {
 		name := cshim.RAMBlockName(i)
@@ -105,7 +73,7 @@ func debugDump(enc *json.Encoder) error {
 			if w&cshim.FwdValid == 0 {
 				continue
 			}
-			e := DebugEntry{RAMBlock: name, Page: uint64(j), Disk: int((w >> cshim.FwdDiskShift) & cshim.FwdDiskMask), Block: w & cshim.FwdBlockMask}
+			e := debugproto.Entry{RAMBlock: name, Page: uint64(j), Disk: int((w >> cshim.FwdDiskShift) & cshim.FwdDiskMask), Block: w & cshim.FwdBlockMask}
 			if err := enc.Encode(e); err != nil {
 				return err
 			}
@@ -124,7 +92,7 @@ func handleDebug(c net.Conn, log zerolog.Logger) {
 	w := bufio.NewWriter(c)
 	enc := json.NewEncoder(w)
 	err = enc.Encode(debugReport())
-	if err == nil && req == debugReqDump {
+	if err == nil && req == debugproto.RequestDump {
 		err = debugDump(enc)
 	}
 	if err == nil {
@@ -135,7 +103,7 @@ func handleDebug(c net.Conn, log zerolog.Logger) {
 	}
 }
 
-// serveDebug answers each connection with one JSON DebugReport; a client
+// serveDebug answers each connection with one JSON debugproto.Report; a client
 // that first sends "dump\n" gets every mapping after it, one JSON line each.
 func serveDebug(path string, log zerolog.Logger) (io.Closer, error) {
 	// A socket another live process answers on is not ours to take: a

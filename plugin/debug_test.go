@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"nasmig/plugin/debugproto"
 )
 
 func TestParseDebugRequest(t *testing.T) {
@@ -17,11 +19,11 @@ func TestParseDebugRequest(t *testing.T) {
 		line, want string
 		bad        bool
 	}{
-		{"", debugReqReport, false},
-		{"\n", debugReqReport, false},
-		{"dump\n", debugReqDump, false},
-		{"dump\r\n", debugReqDump, false},
-		{"  dump  \n", debugReqDump, false},
+		{"", debugproto.RequestReport, false},
+		{"\n", debugproto.RequestReport, false},
+		{"dump\n", debugproto.RequestDump, false},
+		{"dump\r\n", debugproto.RequestDump, false},
+		{"  dump  \n", debugproto.RequestDump, false},
 		{"DUMP\n", "", true},
 		{"dump all\n", "", true},
 		{"GET / HTTP/1.1\r\n", "", true},
@@ -58,7 +60,7 @@ func TestServeDebug(t *testing.T) {
 			io.WriteString(c, req)
 		}
 		dec := json.NewDecoder(c)
-		var rep DebugReport
+		var rep debugproto.Report
 		if err := dec.Decode(&rep); err != nil {
 			t.Fatalf("request %q: report: %v", req, err)
 		}
@@ -66,7 +68,7 @@ func TestServeDebug(t *testing.T) {
 			t.Errorf("request %q: report without counters: %+v", req, rep)
 		}
 		// No RAM block is registered in this test: no entries follow.
-		var e DebugEntry
+		var e debugproto.Entry
 		if err := dec.Decode(&e); !errors.Is(err, io.EOF) {
 			t.Errorf("request %q: after the report: %+v, %v", req, e, err)
 		}

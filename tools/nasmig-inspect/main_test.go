@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"nasmig/cshim"
+	"nasmig/plugin/debugproto"
 	"nasmig/plugin/wire"
 	"nasmig/tools/nasmig-inspect/internal/streamtest"
 	"nasmig/tools/nasmig-inspect/migstream"
@@ -261,7 +262,7 @@ func TestOracle(t *testing.T) {
 
 // fakeLibrary serves the debug socket like plugin/debug.go: the report,
 // then (dump set and asked for) the entries.
-func fakeLibrary(t *testing.T, dump bool, entries []debugEntry) string {
+func fakeLibrary(t *testing.T, dump bool, entries []debugproto.Entry) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "dbg.sock")
 	l, err := net.Listen("unix", sock)
@@ -288,7 +289,7 @@ func fakeLibrary(t *testing.T, dump bool, entries []debugEntry) string {
 			}
 			enc := json.NewEncoder(c)
 			enc.Encode(rep)
-			if dump && string(req[:n]) == "dump\n" {
+			if dump && string(req[:n]) == debugproto.RequestDump+"\n" {
 				for _, e := range entries {
 					enc.Encode(e)
 				}
@@ -300,7 +301,11 @@ func fakeLibrary(t *testing.T, dump bool, entries []debugEntry) string {
 }
 
 func TestMap(t *testing.T) {
-	entries := []debugEntry{{"pc.ram", 0, 0, 5}, {"pc.ram", 1, 0, 6}, {"pc.ram", 7, 1, 0}}
+	entries := []debugproto.Entry{
+		{RAMBlock: "pc.ram", Page: 0, Disk: 0, Block: 5},
+		{RAMBlock: "pc.ram", Page: 1, Disk: 0, Block: 6},
+		{RAMBlock: "pc.ram", Page: 7, Disk: 1, Block: 0},
+	}
 	sock := fakeLibrary(t, true, entries)
 	dumpPath := filepath.Join(t.TempDir(), "dump.jsonl")
 	code, out, errs := runCmd(t, "map", "--json", sock, "--dump", dumpPath)

@@ -15,29 +15,9 @@ import (
 	"time"
 
 	"nasmig/cshim"
+	"nasmig/plugin/debugproto"
 	"nasmig/tools/nasmig-inspect/migstream"
 )
-
-// debugReport is the library's DebugReport (plugin/debug.go) as JSON: the
-// plugin is a main package, so its type is mirrored here field by field;
-// the disks are cshim's own type and the counters a map by C name.
-type debugReport struct {
-	Stats     map[string]uint64 `json:"stats"`
-	RAMBlocks []struct {
-		Name   string `json:"name"`
-		Pages  uint64 `json:"pages"`
-		Mapped uint64 `json:"mapped"`
-	} `json:"ramblocks"`
-	Disks []cshim.DiskInfo `json:"disks"`
-}
-
-// debugEntry is plugin/debug.go's DebugEntry: one mapping of a dump.
-type debugEntry struct {
-	RAMBlock string `json:"ramblock"`
-	Page     uint64 `json:"page"`
-	Disk     int    `json:"disk"`
-	Block    uint64 `json:"block"`
-}
 
 // MapReport is map's JSON output.
 type MapReport struct {
@@ -90,7 +70,7 @@ func cmdMap(args []string, e env) (int, error) {
 	if *dump != "" {
 		// A library that predates the request may have answered and
 		// closed already (EPIPE): its report is still there to read.
-		io.WriteString(c, "dump\n")
+		io.WriteString(c, debugproto.RequestDump+"\n")
 		if *dump == "-" {
 			dumpW, summary = e.stdout, e.stderr
 		} else {
@@ -123,7 +103,7 @@ func cmdMap(args []string, e env) (int, error) {
 // to dump.  A library without the dump request sends the report alone.
 func readMap(r io.Reader, socket string, dump io.Writer) (*MapReport, error) {
 	dec := json.NewDecoder(bufio.NewReaderSize(r, 1<<16))
-	var rep debugReport
+	var rep debugproto.Report
 	if err := dec.Decode(&rep); err != nil {
 		return nil, fmt.Errorf("debug socket: reading the report: %w", err)
 	}
@@ -140,7 +120,7 @@ func readMap(r io.Reader, socket string, dump io.Writer) (*MapReport, error) {
 	if dump != nil {
 		enc := json.NewEncoder(dump)
 		for {
-			var ent debugEntry
+			var ent debugproto.Entry
 			err := dec.Decode(&ent)
 			if errors.Is(err, io.EOF) {
 				break
