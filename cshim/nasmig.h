@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 4
+#define NASMIG_ABI_VERSION 5
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
@@ -68,7 +68,8 @@ extern "C" {
  * Setup flags (the u16 after the setup section's version).
  * HOLD: a live migration with a return path: the source holds the
  * switchover until the destination approves it (NASMIG_RP_APPROVE), so
- * the fetch left at switchover, which is downtime, stays small.  Without
+ * the fetch left at switchover, which is downtime, stays small; its final
+ * pass, and any pass after the approval, send pages.  Without
  * it (a save to a file, a stopped guest) the destination verifies every
  * reference when the stream ends and approves nothing.
  */
@@ -238,6 +239,14 @@ struct nasmig_lib {
      * -ENAMETOOLONG.  Idempotent for the same idstr.
      */
     int (*ramblock_add)(const char *idstr, uint64_t max_length);
+
+    /*
+     * The RAM block is gone (memory hot-unplug, object-del of its backend):
+     * QEMU has forgotten its pointer, and the library drops every mapping
+     * of its pages.  A block added later under the same idstr gets the
+     * handle back, with nothing mapped.  Main thread.
+     */
+    void (*ramblock_remove)(int ramblock);
 
     /*
      * Registers a disk node whose reads land in guest RAM; returns its

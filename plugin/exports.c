@@ -17,6 +17,7 @@ qemu_plugin_install(uint64_t id, const void *info, int argc, char **argv)
 void nasmig_fill_go(struct nasmig_lib *lib)
 {
     lib->source_setup = (int (*)(uint32_t, uint8_t *, uint32_t *))nasmigSourceSetup;
+    lib->ramblock_remove = nasmigRAMBlockRemove;
     lib->before_bitmap_sync = nasmigBeforeBitmapSync;
     lib->disk_names = (int (*)(int, const char *, size_t))nasmigDiskNames;
     lib->switchover_hold = nasmigSwitchoverHold;

@@ -285,6 +285,15 @@ func warnUnmatchedExcludes() {
 	}
 }
 
+//export nasmigRAMBlockRemove
+func nasmigRAMBlockRemove(ramblock C.int) {
+	if ramblock < 0 {
+		return
+	}
+	dropped := lib.m.DropRAMBlock(uint32(ramblock))
+	lib.log.Debug().Str("ramblock", cshim.RAMBlockName(int(ramblock))).Int64("dropped", dropped).Msg("RAM block removed: its mappings dropped")
+}
+
 //export nasmigBeforeBitmapSync
 func nasmigBeforeBitmapSync() {
 	lib.m.Sync()
@@ -402,7 +411,7 @@ func nasmigDestCleanup(failed C.int) {
 		Int("sync_waits", t.FlushWaits).Dur("sync_wait_total", t.FlushWaitTotal).Dur("sync_wait_max", t.FlushWaitMax).
 		Int("refs_after_caught_up", t.RefsAfter)
 	if !t.FinishSeen.IsZero() && !t.FinishDone.IsZero() {
-		ev = ev.Dur("verification_gate_wait", t.FinishDone.Sub(t.FinishSeen))
+		ev = ev.Dur("verification_gate_wait", t.FinishDone.Sub(t.FinishSeen)).Int("fetch_pending_at_gate", t.GatePending)
 	}
 	if !t.FirstApproval.IsZero() && !t.FinishSeen.IsZero() {
 		ev = ev.Dur("caught_up_to_gate", t.FinishSeen.Sub(t.FirstApproval))

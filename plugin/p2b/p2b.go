@@ -273,6 +273,47 @@ func (m *Map) invalidate(disk int, first, count uint64) {
 	}
 }
 
+// DropRAMBlock forgets every mapping of rb's pages (the block is gone:
+// memory hot-unplug) and returns how many there were.  Records already
+// queued are applied first, so none maps a page of rb afterwards; none can
+// follow, since no read lands in a block that no longer exists.
+func (m *Map) DropRAMBlock(rb uint32) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for m.drainLocked() > 0 {
+	}
+	if int(rb) >= cshim.RAMBlockCount() {
+		return 0
+	}
+	var dropped int64
+	fwd := cshim.Forward(int(rb))
+	for page := range fwd {
+		w := atomic.LoadUint64(&fwd[page])
+		if w&cshim.FwdValid == 0 {
+			continue
+		}
+		disk, block := fwdDisk(w), fwdBlock(w)
+		if !m.unmapPage(rb, uint64(page), disk, block) {
+			continue
+		}
+		dropped++
+		if slot := m.revSlot(disk, block, false); slot != nil {
+			if orb, opage, ok := revPage(atomic.LoadUint64(slot)); ok && orb == rb && opage == uint64(page) {
+				atomic.StoreUint64(slot, 0)
+			}
+		}
+	}
+	// Nothing of rb is left to mark dirty either.
+	kept := m.redirty[:0]
+	for _, p := range m.redirty {
+		if p.RAMBlock != rb {
+			kept = append(kept, p)
+		}
+	}
+	m.redirty = kept
+	return dropped
+}
+
 func (m *Map) dropAllLocked() {
 	for d := 0; d < cshim.DiskCount(); d++ {
 		m.invalidate(d, 0, ^uint64(0))

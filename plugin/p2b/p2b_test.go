@@ -502,3 +502,45 @@ func TestInflightTableOverflowFailsClosed(t *testing.T) {
 	e.drain()
 	e.wantRef(1, 1)
 }
+
+func TestDropRAMBlock(t *testing.T) {
+	e := newEnv(t, "droprb", 64, 256)
+	e.m.SetMigrating(true)
+	e.read([]int{1, 2, 3, 4}, []int{10, 11, 12, 13})
+	e.drain()
+	// A write still queued when the block goes: its resend concerns a page
+	// that no longer exists.
+	e.writeBlock(11)
+	if got := e.m.DropRAMBlock(e.rb); got != 3 {
+		t.Fatalf("DropRAMBlock = %d, want 3 (page 2's mapping went with the write)", got)
+	}
+	if got := e.m.Mapped(); got != 0 {
+		t.Fatalf("Mapped = %d after the drop, want 0", got)
+	}
+	if got := e.checkConsistent(); len(got) != 0 {
+		t.Fatalf("map after the drop = %v", got)
+	}
+	for p := 1; p <= 4; p++ {
+		e.wantNoRef(p)
+	}
+	e.m.Sync()
+	if got := dirtyRec.take(t); len(got) != 0 {
+		t.Fatalf("pages of the removed block marked dirty: %v", got)
+	}
+	// The reverse index forgot them too: the blocks map afresh, and moving
+	// one to another page resends nothing of the old block.
+	e.read([]int{7, 8}, []int{10, 12})
+	e.drain()
+	e.m.Sync()
+	if got := dirtyRec.take(t); len(got) != 0 {
+		t.Fatalf("re-mapping after the drop resent %v", got)
+	}
+	e.wantRef(7, 10)
+	e.wantRef(8, 12)
+	if got := e.m.Mapped(); got != 2 {
+		t.Fatalf("Mapped = %d, want 2", got)
+	}
+	if got := e.m.DropRAMBlock(uint32(cshim.MaxRAMBlocks - 1)); got != 0 {
+		t.Fatalf("DropRAMBlock of an unregistered handle = %d", got)
+	}
+}
