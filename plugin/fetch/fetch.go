@@ -103,6 +103,7 @@ type Timings struct {
 	FirstApproval  time.Time // first time the fetch reported caught up
 	RefsAfter      int       // references that arrived after it
 	FinishSeen     time.Time // the verification gate was reached
+	GatePending    int       // references queued or in flight then (downtime)
 	FinishDone     time.Time // and passed (or failed)
 }
 
@@ -266,6 +267,10 @@ func (f *Fetcher) settle() {
 	if req&cshim.FinishReqFinish != 0 && f.timings.FinishSeen.IsZero() {
 		f.log.Debug().Int("queued", f.queued.len()).Int("in_flight", len(f.inflight)).Msg("verification gate reached")
 		f.timings.FinishSeen = time.Now()
+		f.timings.GatePending = f.queued.len()
+		for _, b := range f.inflight {
+			f.timings.GatePending += len(b.items)
+		}
 	}
 	if req == 0 || f.queued.len() > 0 || len(f.inflight) > 0 {
 		return
