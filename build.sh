@@ -53,6 +53,10 @@ commands:
           and tc: fast-storage, equal-links, 10g): medians, ratios to stock pre-copy
           on the same network, results.md and results.csv in \$NASMIG_CACHE/bench
           (about an hour under TCG; --quick: fast-storage, 3 modes, 1 run)
+  check-series
+          build the pinned QEMU once per patch of qemu-patches/series, each on top of
+          the ones before it, so that every patch builds on its own (by hand when the
+          patches change; not part of test)
   help    this text
 
 environment: NASMIG_CACHE (default /var/cache/nasmig), NASMIG_OUT_DIR (default ./out),
@@ -404,6 +408,48 @@ do_bench_migration() {
 	done_step
 }
 
+# do_check_series: QEMU built once per patch of the series, each on top of
+# the ones before it (QEMU's maintainers bisect; every patch must build on
+# its own). By hand when the patches change, not in CI.
+do_check_series() {
+	local dir=$CACHE/check-series tree build p n=0 t0
+	t0=$(date +%s)
+	tree=$dir/src
+	build=$dir/build
+	ensure_packages
+	fetch_qemu_source
+	step "unpacking the pinned QEMU into $tree"
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	dpkg-source -x "$QEMU_DSC" "$tree" >/dev/null
+	mkdir -p "$tree/include/nasmig"
+	cp cshim/nasmig.h "$tree/include/nasmig/nasmig.h"
+	done_step
+	step "configuring QEMU"
+	mkdir -p "$build"
+	# shellcheck disable=SC2086
+	(cd "$build" && "$tree/configure" $CONFIGURE_ARGS >configure.log 2>&1) \
+		|| { tail -30 "$build/configure.log"; die "QEMU configure failed (log: $build/configure.log)"; }
+	done_step
+	step "building QEMU without the series"
+	# shellcheck disable=SC2086
+	(cd "$build" && ninja $QEMU_TARGETS >build-0.log 2>&1) \
+		|| { grep -E "error|FAILED" -A3 "$build/build-0.log" | head -40; die "stock QEMU does not build (log: $build/build-0.log)"; }
+	done_step
+	while read -r p; do
+		[ -n "$p" ] || continue
+		n=$((n + 1))
+		step "building with the series up to $p"
+		patch -d "$tree" -p1 -s <"qemu-patches/$p" || die "$p does not apply on top of the patches before it"
+		# shellcheck disable=SC2086
+		(cd "$build" && ninja $QEMU_TARGETS >"build-$n.log" 2>&1) \
+			|| { grep -E "error|FAILED" -A3 "$build/build-$n.log" | head -40; die "QEMU does not build with the series up to $p (log: $build/build-$n.log)"; }
+		done_step
+	done <qemu-patches/series
+	echo
+	echo "each of the $n patches builds on top of the ones before it ($(($(date +%s) - t0)) s; tree and logs in $dir)"
+}
+
 do_bench() {
 	do_build
 	test_env
@@ -422,6 +468,7 @@ test-full) do_test full ;;
 demo) do_demo "$@" ;;
 bench) do_bench ;;
 bench-migration) do_bench_migration "$@" ;;
+check-series) do_check_series ;;
 help | -h | --help) usage ;;
 *)
 	echo "build.sh: unknown command '$cmd'" >&2
