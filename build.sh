@@ -146,6 +146,35 @@ fetch_qemu_source() {
 	QEMU_DSC=$dsc
 }
 
+# unpack_qemu TREE: the pinned QEMU source (Debian's patches applied) in
+# TREE, with the copy of the ABI header (one home: cshim/) QEMU builds with.
+unpack_qemu() {
+	local tree=$1
+	mkdir -p "$(dirname "$tree")"
+	dpkg-source -x "$QEMU_DSC" "$tree" >/dev/null
+	mkdir -p "$tree/include/nasmig"
+	cp cshim/nasmig.h "$tree/include/nasmig/nasmig.h"
+}
+
+# configure_qemu TREE BUILD [ARG...]: CONFIGURE_ARGS and ARGs, in BUILD.
+configure_qemu() {
+	local tree=$1 build=$2
+	shift 2
+	mkdir -p "$build"
+	# shellcheck disable=SC2086
+	(cd "$build" && "$tree/configure" $CONFIGURE_ARGS "$@" >configure.log 2>&1) \
+		|| { tail -30 "$build/configure.log"; die "QEMU configure $* failed (log: $build/configure.log)"; }
+}
+
+# ninja_qemu BUILD LOG FAILURE TARGET...: builds the targets, logging to
+# BUILD/LOG; on failure prints the errors and dies with FAILURE.
+ninja_qemu() {
+	local build=$1 log=$2 failure=$3
+	shift 3
+	(cd "$build" && ninja "$@" >"$log" 2>&1) \
+		|| { grep -E "error|FAILED" -A3 "$build/$log" | head -40; die "$failure (log: $build/$log)"; }
+}
+
 build_qemu() {
 	local key tree build
 	key=$(qemu_key)
@@ -159,7 +188,7 @@ build_qemu() {
 	tree=$CACHE/qemu-src-$key
 	step "unpacking and patching QEMU into $tree"
 	rm -rf "$tree" "$build"
-	dpkg-source -x "$QEMU_DSC" "$tree" >/dev/null
+	unpack_qemu "$tree"
 	while read -r p; do
 		[ -n "$p" ] || continue
 		patch -d "$tree" -p1 --dry-run -s <"qemu-patches/$p" >/dev/null 2>&1 \
@@ -167,20 +196,13 @@ build_qemu() {
 		patch -d "$tree" -p1 -s <"qemu-patches/$p"
 		echo "    applied $p"
 	done <qemu-patches/series
-	# The ABI header has one home (cshim/); QEMU gets a copy.
-	mkdir -p "$tree/include/nasmig"
-	cp cshim/nasmig.h "$tree/include/nasmig/nasmig.h"
 	done_step
 	step "configuring QEMU"
-	mkdir -p "$build"
-	# shellcheck disable=SC2086
-	(cd "$build" && "$tree/configure" $CONFIGURE_ARGS >configure.log 2>&1) \
-		|| { tail -30 "$build/configure.log"; die "QEMU configure failed (log: $build/configure.log)"; }
+	configure_qemu "$tree" "$build"
 	done_step
 	step "building QEMU ($QEMU_TARGETS)"
 	# shellcheck disable=SC2086
-	(cd "$build" && ninja $QEMU_TARGETS >build.log 2>&1) \
-		|| { grep -E "error|FAILED" -A3 "$build/build.log" | head -40; die "QEMU build failed (log: $build/build.log)"; }
+	ninja_qemu "$build" build.log "QEMU build failed" $QEMU_TARGETS
 	done_step
 	step "building x86 option ROMs (linuxboot_dma.bin, kvmvapic.bin, ...)"
 	mkdir -p "$build/optionrom"
@@ -217,12 +239,8 @@ build_qemu_asan() {
 	[ -d "$tree" ] || die "patched QEMU tree $tree is missing: run ./build.sh build first"
 	step "building QEMU with AddressSanitizer ($build)"
 	rm -rf "$build"
-	mkdir -p "$build"
-	# shellcheck disable=SC2086
-	(cd "$build" && "$tree/configure" $CONFIGURE_ARGS --enable-asan >configure.log 2>&1) \
-		|| { tail -30 "$build/configure.log"; die "QEMU configure --enable-asan failed (log: $build/configure.log)"; }
-	(cd "$build" && ninja qemu-system-x86_64 >build.log 2>&1) \
-		|| { grep -E "error|FAILED" -A3 "$build/build.log" | head -40; die "QEMU ASan build failed (log: $build/build.log)"; }
+	configure_qemu "$tree" "$build" --enable-asan
+	ninja_qemu "$build" build.log "QEMU ASan build failed" qemu-system-x86_64
 	touch "$build/.nasmig-built"
 	done_step
 }
@@ -420,21 +438,14 @@ do_check_series() {
 	fetch_qemu_source
 	step "unpacking the pinned QEMU into $tree"
 	rm -rf "$dir"
-	mkdir -p "$dir"
-	dpkg-source -x "$QEMU_DSC" "$tree" >/dev/null
-	mkdir -p "$tree/include/nasmig"
-	cp cshim/nasmig.h "$tree/include/nasmig/nasmig.h"
+	unpack_qemu "$tree"
 	done_step
 	step "configuring QEMU"
-	mkdir -p "$build"
-	# shellcheck disable=SC2086
-	(cd "$build" && "$tree/configure" $CONFIGURE_ARGS >configure.log 2>&1) \
-		|| { tail -30 "$build/configure.log"; die "QEMU configure failed (log: $build/configure.log)"; }
+	configure_qemu "$tree" "$build"
 	done_step
 	step "building QEMU without the series"
 	# shellcheck disable=SC2086
-	(cd "$build" && ninja $QEMU_TARGETS >build-0.log 2>&1) \
-		|| { grep -E "error|FAILED" -A3 "$build/build-0.log" | head -40; die "stock QEMU does not build (log: $build/build-0.log)"; }
+	ninja_qemu "$build" build-0.log "stock QEMU does not build" $QEMU_TARGETS
 	done_step
 	while read -r p; do
 		[ -n "$p" ] || continue
@@ -442,8 +453,7 @@ do_check_series() {
 		step "building with the series up to $p"
 		patch -d "$tree" -p1 -s <"qemu-patches/$p" || die "$p does not apply on top of the patches before it"
 		# shellcheck disable=SC2086
-		(cd "$build" && ninja $QEMU_TARGETS >"build-$n.log" 2>&1) \
-			|| { grep -E "error|FAILED" -A3 "$build/build-$n.log" | head -40; die "QEMU does not build with the series up to $p (log: $build/build-$n.log)"; }
+		ninja_qemu "$build" "build-$n.log" "QEMU does not build with the series up to $p" $QEMU_TARGETS
 		done_step
 	done <qemu-patches/series
 	echo
