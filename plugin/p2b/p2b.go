@@ -82,6 +82,12 @@ func (m *Map) drainLocked() int {
 	return n
 }
 
+// drainAllLocked applies records until the ring is empty.
+func (m *Map) drainAllLocked() {
+	for m.drainLocked() > 0 {
+	}
+}
+
 func (m *Map) popApplyLocked() int {
 	n := cshim.RingPop(m.buf)
 	for i := 0; i < n; i++ {
@@ -96,8 +102,7 @@ func (m *Map) popApplyLocked() int {
 func (m *Map) Sync() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for m.drainLocked() > 0 {
-	}
+	m.drainAllLocked()
 	if len(m.redirty) > 0 {
 		rbs, pages := make([]uint32, len(m.redirty)), make([]uint64, len(m.redirty))
 		for i, p := range m.redirty {
@@ -194,6 +199,15 @@ func (m *Map) unmapPage(rb uint32, page uint64, disk int, block uint64) bool {
 	return true
 }
 
+// clearRevSlot clears the block's reverse word if it still names page.
+func (m *Map) clearRevSlot(disk int, block uint64, rb uint32, page uint64) {
+	if slot := m.revSlot(disk, block, false); slot != nil {
+		if orb, opage, ok := revPage(atomic.LoadUint64(slot)); ok && orb == rb && opage == page {
+			atomic.StoreUint64(slot, 0)
+		}
+	}
+}
+
 func (m *Map) mapPage(rb uint32, page uint64, disk int, block, hash uint64) {
 	if int(rb) >= cshim.RAMBlockCount() || disk >= cshim.DiskCount() || block > cshim.FwdBlockMask {
 		return
@@ -206,11 +220,7 @@ func (m *Map) mapPage(rb uint32, page uint64, disk int, block, hash uint64) {
 	// while the reverse side changes.
 	if old := atomic.LoadUint64(&fwd[page]); old&cshim.FwdValid != 0 {
 		m.unmapPage(rb, page, fwdDisk(old), fwdBlock(old))
-		if slot := m.revSlot(fwdDisk(old), fwdBlock(old), false); slot != nil {
-			if orb, opage, ok := revPage(atomic.LoadUint64(slot)); ok && orb == rb && opage == page {
-				atomic.StoreUint64(slot, 0)
-			}
-		}
+		m.clearRevSlot(fwdDisk(old), fwdBlock(old), rb, page)
 	}
 	slot := m.revSlot(disk, block, true)
 	if slot == nil {
@@ -280,8 +290,7 @@ func (m *Map) invalidate(disk int, first, count uint64) {
 func (m *Map) DropRAMBlock(rb uint32) int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for m.drainLocked() > 0 {
-	}
+	m.drainAllLocked()
 	if int(rb) >= cshim.RAMBlockCount() {
 		return 0
 	}
@@ -297,11 +306,7 @@ func (m *Map) DropRAMBlock(rb uint32) int64 {
 			continue
 		}
 		dropped++
-		if slot := m.revSlot(disk, block, false); slot != nil {
-			if orb, opage, ok := revPage(atomic.LoadUint64(slot)); ok && orb == rb && opage == uint64(page) {
-				atomic.StoreUint64(slot, 0)
-			}
-		}
+		m.clearRevSlot(disk, block, rb, uint64(page))
 	}
 	// Nothing of rb is left to mark dirty either.
 	kept := m.redirty[:0]
