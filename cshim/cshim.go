@@ -71,10 +71,6 @@ const (
 	FillFilled       = C.NASMIG_FILLED
 	FillSuperseded   = C.NASMIG_SUPERSEDED
 	FillMismatch     = C.NASMIG_MISMATCH
-	LogError         = C.NASMIG_LOG_ERROR
-	LogWarn          = C.NASMIG_LOG_WARN
-	LogInfo          = C.NASMIG_LOG_INFO
-	LogDebug         = C.NASMIG_LOG_DEBUG
 	RegisterSymbol   = C.NASMIG_REGISTER_SYMBOL
 	KeyBytes         = int(unsafe.Sizeof(C.struct_nasmig_hash_key{}))
 	TrackRecordBytes = int(unsafe.Sizeof(C.struct_nasmig_rec{}))

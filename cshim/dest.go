@@ -176,6 +176,10 @@ func RAMBlockByName(name string) (uint32, bool) {
 // Kick wakes QEMU's main loop.
 func Kick() { C.nasmig_call_kick() }
 
+// KickWaiter kicks QEMU only if it waits on a -EAGAIN of the library (a
+// full request queue, a fill): called after the fetcher made progress.
+func KickWaiter() { C.nasmig_kick_waiter() }
+
 // ApproveSwitchover tells QEMU the fetch has caught up: it approves the
 // switchover once the source's first pass has arrived, or at once (force).
 func ApproveSwitchover(force bool) { C.nasmig_call_approve_switchover(cbool(force)) }

@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 5
+#define NASMIG_ABI_VERSION 6
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
@@ -122,12 +122,40 @@ enum nasmig_mode {
 #define NASMIG_MAX_NODE_NAME 64
 #define NASMIG_MAX_IDSTR 256
 
-/* Log levels for nasmig_host.log. */
-enum nasmig_log_level {
-    NASMIG_LOG_ERROR = 0,
-    NASMIG_LOG_WARN = 1,
-    NASMIG_LOG_INFO = 2,
-    NASMIG_LOG_DEBUG = 3,
+/*
+ * Fault injection, for tests only: the points where the library or QEMU's
+ * glue can be made to fail on purpose, so that a test proves what the
+ * failure leads to (the same guest RAM, or a failed migration with the
+ * source still running).  A process arms faults with the environment
+ * variable NASMIG_FAULT_ENV: a comma-separated list of NAME (fires once),
+ * NAME:N (the first N times its point is reached) or NAME:* (every time).
+ * Nothing is armed without it.
+ *
+ * X(enum suffix, number, NAME, where and what)
+ */
+#define NASMIG_FAULT_ENV "NASMIG_FAULT"
+#define NASMIG_FAULTS(X)                                                      \
+    X(DEST_READ_ERROR, 1, "dest-read-error",                                  \
+      "destination glue: a storage read completes with -EIO")                 \
+    X(DEST_READ_SHORT, 2, "dest-read-short",                                  \
+      "destination glue: a storage read fills only its first half")           \
+    X(DEST_READ_CORRUPT, 3, "dest-read-corrupt",                              \
+      "destination glue: a storage read returns one byte flipped")            \
+    X(FETCH_STALL, 4, "fetch-stall",                                          \
+      "destination library: the fetcher stalls 3 s before a read")            \
+    X(RING_FULL, 5, "ring-full",                                              \
+      "source library: the tracking ring refuses records as if full")         \
+    X(WRITE_RECORD_LOST, 6, "write-record-lost",                              \
+      "source library: a disk write's invalidation is silently lost")         \
+    X(SETUP_CUT_SHORT, 7, "setup-cut-short",                                  \
+      "source glue: the nasmig setup section is sent cut to half")
+
+enum nasmig_fault {
+    NASMIG_FAULT_NONE = 0,
+#define NASMIG_FAULT_ENUM(name, num, str, what) NASMIG_FAULT_##name = num,
+    NASMIG_FAULTS(NASMIG_FAULT_ENUM)
+#undef NASMIG_FAULT_ENUM
+    NASMIG_FAULT_COUNT
 };
 
 /*
@@ -140,12 +168,6 @@ struct nasmig_host {
 
     /* Marks [offset, offset+len) of RAM block `ramblock` dirty for migration. */
     void (*mark_dirty)(uint32_t ramblock, uint64_t offset, uint64_t len);
-
-    /*
-     * Returns the host address of the guest page at `offset` of `ramblock`,
-     * or NULL.  Used to read or fill a guest page.
-     */
-    void *(*page_ptr)(uint32_t ramblock, uint64_t offset);
 
     /*
      * Starts an asynchronous read of `len` bytes at byte `offset` of the
@@ -182,9 +204,6 @@ struct nasmig_host {
      * Callable from any thread.
      */
     void (*approve_switchover)(int force);
-
-    /* One log line, when the library logs through QEMU. */
-    void (*log)(int level, const char *msg);
 
     /*
      * Destination: sends one NASMIG_RP_* message (kind byte first, at most
@@ -412,6 +431,13 @@ struct nasmig_lib {
 
     /* QEMU is exiting. */
     void (*shutdown)(void);
+
+    /*
+     * Tests only: 1 when the fault armed through NASMIG_FAULT_ENV fires at
+     * this point now, else 0 (always 0 when nothing is armed).  HOT-safe:
+     * one load when nothing is armed.
+     */
+    int (*fault)(enum nasmig_fault fault);
 };
 
 /*

@@ -225,6 +225,27 @@ static void wake_go(void)
     }
 }
 
+/*
+ * QEMU's incoming migration got -EAGAIN and waits (bounded) for a kick:
+ * Go kicks once what it waited for may have changed (nasmig_kick_waiter),
+ * instead of QEMU polling.
+ */
+static int qemu_waits;
+
+static int qemu_wait(void)
+{
+    __atomic_store_n(&qemu_waits, 1, __ATOMIC_SEQ_CST);
+    wake_go();
+    return -EAGAIN;
+}
+
+void nasmig_kick_waiter(void)
+{
+    if (__atomic_exchange_n(&qemu_waits, 0, __ATOMIC_SEQ_CST)) {
+        nasmig_call_kick();
+    }
+}
+
 static inline void cpu_relax(void)
 {
     __builtin_ia32_pause();
@@ -517,7 +538,8 @@ void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
         nasmig_hash_page(&nasmig_g.key, pages[i].host, hashes[i]);
     }
     inflight_check(pages, n, ok);
-    if (ring_reserve(&track_ring, n, &pos) < 0) {
+    if (nasmig_lib_fault(NASMIG_FAULT_RING_FULL) ||
+        ring_reserve(&track_ring, n, &pos) < 0) {
         STAT_ADD(ring_drops, n);
         return;
     }
@@ -549,9 +571,13 @@ void nasmig_lib_block_write_done(int disk, uint64_t offset, uint64_t len)
     if (disk < 0 || disk >= NASMIG_MAX_DISKS) {
         return;
     }
+    if (nasmig_lib_fault(NASMIG_FAULT_WRITE_RECORD_LOST)) {
+        return;
+    }
     first = offset >> NASMIG_PAGE_SHIFT;
     last = len ? (offset + len - 1) >> NASMIG_PAGE_SHIFT : first;
-    if (ring_reserve(&track_ring, 1, &pos) < 0) {
+    if (nasmig_lib_fault(NASMIG_FAULT_RING_FULL) ||
+        ring_reserve(&track_ring, 1, &pos) < 0) {
         /*
          * Never lose a write silently: Go then drops the whole map, once it
          * has applied every record reserved before now (a mapping among
@@ -869,7 +895,7 @@ int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
     }
     if (ring_reserve(&req_ring, 1, &pos) < 0) {
         wake_go();
-        return -EAGAIN;
+        return qemu_wait();
     }
     for (;;) {
         old = LOAD_ACQ(&st[page]);
@@ -932,7 +958,7 @@ int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
                 __atomic_or_fetch(&nasmig_g.finish_req,
                                   NASMIG_FINISH_REQ_BARRIER, __ATOMIC_SEQ_CST);
                 wake_go();
-                return -EAGAIN;
+                return qemu_wait();
             }
             if (__atomic_compare_exchange_n(&st[page], &old,
                                             nasmig_fill_word(
@@ -1089,7 +1115,7 @@ int nasmig_lib_dest_barrier(void)
         nasmig_g.flush_waiting = 0;
         return 0;
     }
-    return -EAGAIN;
+    return qemu_wait();
 }
 
 int nasmig_lib_dest_finish(void)
@@ -1101,7 +1127,7 @@ int nasmig_lib_dest_finish(void)
     wake_go();
     state = LOAD_ACQ(&nasmig_g.finish_state);
     if (state == NASMIG_FINISH_WORKING) {
-        return -EAGAIN;
+        return qemu_wait();
     }
     return state == NASMIG_FINISH_OK ? 0 : -EIO;
 }
@@ -1191,13 +1217,6 @@ void nasmig_call_approve_switchover(int force)
     }
 }
 
-void nasmig_call_log(int level, const char *msg)
-{
-    if (host_ops && host_ops->log) {
-        host_ops->log(level, msg);
-    }
-}
-
 /* ------------------------------------------------------------------ */
 
 int nasmig_shim_init(unsigned ring_slots)
@@ -1258,4 +1277,5 @@ void nasmig_shim_fill(struct nasmig_lib *lib)
     lib->stats = nasmig_lib_stats;
     lib->errmsg = nasmig_lib_errmsg;
     lib->auto_enable = nasmig_lib_auto_enable;
+    lib->fault = nasmig_lib_fault;
 }

@@ -235,6 +235,15 @@ void nasmig_lib_stats(struct nasmig_stats *out);
 int nasmig_lib_errmsg(char *buf, size_t len);
 int nasmig_lib_auto_enable(void);
 
+/* Fault injection for tests (fault.c; the list is NASMIG_FAULTS in nasmig.h). */
+int nasmig_lib_fault(enum nasmig_fault fault);
+int nasmig_fault_arm(const char *spec, char *err, size_t errlen);
+const char *nasmig_fault_name(int fault);
+uint64_t nasmig_fault_fired(int fault);
+
+/* Kicks QEMU if it waits on an -EAGAIN of ours (Go, after progress). */
+void nasmig_kick_waiter(void);
+
 /* Calls through the host table (so Go can call function pointers). */
 void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len);
 void nasmig_call_mark_dirty_pages(const uint32_t *rbs, const uint64_t *pages,
@@ -247,7 +256,6 @@ void nasmig_call_kick(void);
 int nasmig_call_send_to_source(const uint8_t *buf, size_t len);
 void nasmig_call_approve_switchover(int force);
 int nasmig_fetch_work_ready(void);
-void nasmig_call_log(int level, const char *msg);
 void nasmig_set_host(const struct nasmig_host *host);
 
 #endif

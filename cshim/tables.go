@@ -199,10 +199,3 @@ func MarkDirtyPages(rbs []uint32, pages []uint64) {
 	}
 	C.nasmig_call_mark_dirty_pages(&crbs[0], &cpages[0], C.uint(n))
 }
-
-// Log writes one line through QEMU's log service.
-func Log(level int, msg string) {
-	cs := C.CString(msg)
-	defer C.free(unsafe.Pointer(cs))
-	C.nasmig_call_log(C.int(level), cs)
-}

@@ -54,6 +54,8 @@ var lib struct {
 	// held), and whether it ran out (hold-max).
 	holdStart   time.Time
 	holdExpired bool
+	// faults: the NASMIG_FAULT spec armed in this process (tests only).
+	faults string
 }
 
 func cError(buf *C.char, n C.size_t, msg string) {
@@ -116,6 +118,13 @@ func initLibrary(cfg config.Config, host, out unsafe.Pointer) error {
 	}
 	if err := cshim.SetExclude(cfg.Exclude); err != nil {
 		return err
+	}
+	if spec := os.Getenv(cshim.FaultEnv); spec != "" {
+		if err := cshim.ArmFaults(spec); err != nil {
+			return err
+		}
+		lib.faults = spec
+		lib.log.Warn().Str("faults", spec).Msg("fault injection armed (" + cshim.FaultEnv + "): this process will fail on purpose")
 	}
 	// The key is secret to the hosts: a guest cannot aim for collisions.
 	if _, err := rand.Read(lib.keySeed[:]); err != nil {
@@ -335,7 +344,7 @@ func nasmigSourceCleanup(failed C.int) {
 		ev = ev.Bool("switchover_held", true).Bool("hold_max_reached", lib.holdExpired)
 	}
 	lib.mu.Unlock()
-	ev.Msg("outgoing migration ended")
+	withFaults(ev).Msg("outgoing migration ended")
 }
 
 //export nasmigDestSetup
@@ -416,7 +425,20 @@ func nasmigDestCleanup(failed C.int) {
 	if !t.FirstApproval.IsZero() && !t.FinishSeen.IsZero() {
 		ev = ev.Dur("caught_up_to_gate", t.FinishSeen.Sub(t.FirstApproval))
 	}
-	ev.Msg("incoming migration ended")
+	withFaults(ev).Msg("incoming migration ended")
+}
+
+// withFaults adds, when faults are armed (tests), how often each fired so
+// far: a test asserts that the fault it armed was really hit.
+func withFaults(ev *zerolog.Event) *zerolog.Event {
+	if lib.faults == "" {
+		return ev
+	}
+	fired := zerolog.Dict()
+	for f, name := range cshim.FaultNames() {
+		fired = fired.Uint64(name, cshim.FaultFired(f))
+	}
+	return ev.Dict("faults_fired", fired)
 }
 
 //export nasmigShutdown

@@ -116,7 +116,6 @@ const registerProg = `
 
 static void mark_dirty(uint32_t rb, uint64_t off, uint64_t len) { (void)rb; (void)off; (void)len; }
 static void kick(void) {}
-static void logline(int level, const char *msg) { (void)level; (void)msg; }
 
 int main(int argc, char **argv)
 {
@@ -141,7 +140,6 @@ int main(int argc, char **argv)
     host.struct_size = sizeof(host);
     host.mark_dirty = mark_dirty;
     host.kick = kick;
-    host.log = logline;
     memset(&lib, 0, sizeof(lib));
     memset(&zero, 0, sizeof(zero));
 
@@ -205,7 +203,9 @@ int main(int argc, char **argv)
     NEED(before_bitmap_sync); NEED(ref_query); NEED(source_cleanup); NEED(dest_setup);
     NEED(ref_received); NEED(before_page_write); NEED(read_done); NEED(dest_finish);
     NEED(dest_pending); NEED(dest_barrier); NEED(dest_cleanup); NEED(stats);
-    NEED(errmsg); NEED(auto_enable); NEED(shutdown);
+    NEED(errmsg); NEED(auto_enable); NEED(shutdown); NEED(ramblock_remove);
+    NEED(disk_remove); NEED(disk_names); NEED(switchover_hold); NEED(fault);
+    CHECK(lib.fault(NASMIG_FAULT_RING_FULL) == 0, "a fault fired with nothing armed");
     CHECK(lib.ramblock_add("pc.ram", 1 << 20) == 0, "ramblock_add");
     CHECK(lib.disk_add("drive0", "/shared/a.raw", 1 << 30) == 0, "disk_add");
     CHECK(lib.auto_enable() == 0, "auto_enable with auto=off");

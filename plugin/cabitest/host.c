@@ -10,7 +10,7 @@
 #include "_cgo_export.h"
 #include "nasmig.h"
 
-static uint64_t kicks, logs;
+static uint64_t kicks;
 
 static void cabi_mark_dirty(uint32_t ramblock, uint64_t offset, uint64_t len)
 {
@@ -20,13 +20,6 @@ static void cabi_mark_dirty(uint32_t ramblock, uint64_t offset, uint64_t len)
 static void cabi_kick(void)
 {
     __atomic_add_fetch(&kicks, 1, __ATOMIC_RELAXED);
-}
-
-static void cabi_log(int level, const char *msg)
-{
-    (void)level;
-    (void)msg;
-    __atomic_add_fetch(&logs, 1, __ATOMIC_RELAXED);
 }
 
 /* The library's completion entry point (cshim/shim.c). */
@@ -98,10 +91,8 @@ struct nasmig_host cabi_host = {
     .struct_size = sizeof(struct nasmig_host),
     .mark_dirty = cabi_mark_dirty,
     .kick = cabi_kick,
-    .log = cabi_log,
     .read_disk = cabi_read_disk,
     .send_to_source = cabi_send_to_source,
 };
 
 uint64_t cabi_kicks(void) { return __atomic_load_n(&kicks, __ATOMIC_RELAXED); }
-uint64_t cabi_logs(void) { return __atomic_load_n(&logs, __ATOMIC_RELAXED); }

@@ -6,7 +6,6 @@ package cabitest
 #include "nasmig.h"
 extern struct nasmig_host cabi_host;
 uint64_t cabi_kicks(void);
-uint64_t cabi_logs(void);
 void cabi_set_disk(const uint8_t *img, uint64_t len);
 size_t cabi_msg(unsigned i, uint8_t *out);
 */
@@ -69,4 +68,3 @@ func Messages() [][]byte {
 
 // Kicks and Logs count the host's kick and log calls.
 func Kicks() uint64 { return uint64(C.cabi_kicks()) }
-func Logs() uint64  { return uint64(C.cabi_logs()) }

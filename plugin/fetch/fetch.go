@@ -202,7 +202,10 @@ func (f *Fetcher) run() {
 			}
 		default:
 		}
-		if !busy {
+		if busy {
+			// Requests popped or fills done: what QEMU may wait for.
+			cshim.KickWaiter()
+		} else {
 			f.sleep()
 		}
 	}
@@ -359,6 +362,10 @@ func (f *Fetcher) enqueue(reqs []cshim.FetchReq, retry bool) {
 
 // issue starts coalesced reads from the backlog while fewer than
 // maxInFlight are in flight (a final re-read starts them all).
+// How long the fetch-stall fault (nasmig.h) stops the fetcher: longer than
+// a hold poll and a sync point, shorter than any test's bound.
+const injectedStall = 3 * time.Second
+
 func (f *Fetcher) issue(retry bool) {
 	f.queued.flush()
 	for f.queued.len() > 0 && (len(f.inflight) < maxInFlight || retry) {
@@ -371,6 +378,10 @@ func (f *Fetcher) issue(retry bool) {
 		first, last := items[0].req, items[len(items)-1].req.Block()
 		b := &batch{disk: first.Disk(), first: first.Block(), nblocks: last - first.Block() + 1,
 			buf: buf, items: append([]item(nil), items...), retry: retry}
+		if cshim.Fault(cshim.FaultFetchStall) {
+			f.log.Warn().Dur("for", injectedStall).Msg("injected fault: the fetch stalls")
+			time.Sleep(injectedStall)
+		}
 		f.nextID++
 		id := f.nextID
 		f.inflight[id] = b

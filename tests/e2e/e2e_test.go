@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"nasmig/cshim"
 	"nasmig/tests/harness"
 )
 
@@ -132,6 +133,10 @@ type e2eCase struct {
 	// uefi: the guest boots through OVMF (Debian's ovmf: read-only
 	// OVMF_CODE in pflash unit 0, a per-VM copy of OVMF_VARS in unit 1).
 	uefi bool
+	// srcFault, dstFault: the NASMIG_FAULT spec (faults the library and
+	// the glue inject on purpose, nasmig.h) of the first source and of the
+	// first destination; empty: none.
+	srcFault, dstFault string
 	// network: a harness.NetProfiles name. Source, destination and
 	// storage run in network namespaces of their own joined by shaped
 	// links; the migration goes over TCP and the disk is NBD over TCP, as
@@ -210,8 +215,7 @@ func (f *figures) take(result *harness.MigrationResult) {
 }
 
 func cases() []e2eCase {
-	nasmigBothSides := func(c e2eCase) e2eCase { c.src, c.dst = nasmigOn, nasmigOn; return c }
-	return []e2eCase{
+	return append([]e2eCase{
 		nasmigBothSides(e2eCase{
 			name: "01-pagecache-read", workload: "pagecache-read", debugSocket: true,
 			flow: func(t *testing.T, ctx context.Context, p *pair) {
@@ -538,8 +542,10 @@ func cases() []e2eCase {
 			opts:  harness.MigrateOpts{Params: map[string]any{"max-bandwidth": 60_000_000}},
 			check: requireRefs,
 		}),
-	}
+	}, faultCases()...)
 }
+
+func nasmigBothSides(c e2eCase) e2eCase { c.src, c.dst = nasmigOn, nasmigOn; return c }
 
 // destinationLacksDiskFlow: the destination cannot reach the source's shared
 // disk (its drive is another server's export) and runs with strict=on.  The
@@ -817,6 +823,9 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	if c.dimm {
 		startCfg.ExtraArgs = append(slices.Clone(srcCfg.ExtraArgs), dimmArgs()...)
 	}
+	if c.srcFault != "" {
+		startCfg.Env = append(slices.Clone(srcCfg.Env), cshim.FaultEnv+"="+c.srcFault)
+	}
 	if p.src, err = p.run.StartVM(ctx, startCfg); err != nil {
 		t.Fatal(err)
 	}
@@ -870,6 +879,10 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	}
 	c.dst.apply(&dstCfg, env)
 	p.dstCfg = dstCfg
+	if c.dstFault != "" {
+		// Only this destination: a retry's starts from p.dstCfg.
+		dstCfg.Env = append(slices.Clone(dstCfg.Env), cshim.FaultEnv+"="+c.dstFault)
+	}
 	if p.dst, err = p.run.StartVM(ctx, dstCfg); err != nil {
 		t.Fatal(err)
 	}
