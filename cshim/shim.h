@@ -1,7 +1,7 @@
 /*
- * shim.h - the library-internal contract between nasmig's C hot paths
- * (shim.c) and its Go half (package nasmig/cshim and plugin/).  Not part of
- * the QEMU ABI (that is nasmig.h).
+ * shim.h - the library-internal contract between nasmig's C hot paths (the
+ * .c files of cshim/, one concern each) and its Go half (package
+ * nasmig/cshim and plugin/).  Not part of the QEMU ABI (that is nasmig.h).
  *
  * Shared memory: every array below lives outside the Go heap (mmap).  C only
  * reads the page-to-block map; Go's single drainer goroutine is its only
@@ -11,6 +11,7 @@
 #ifndef NASMIG_SHIM_H
 #define NASMIG_SHIM_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
 #include "nasmig.h"
@@ -186,6 +187,50 @@ struct nasmig_shared {
 };
 extern struct nasmig_shared nasmig_g;
 
+/* ---- between the library's own C files ---- */
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+#define SUB(p, v) __atomic_sub_fetch((p), (v), __ATOMIC_RELAXED)
+#define STAT_ADD(field, v) ADD(&nasmig_g.stats.field, (v))
+
+/* Guards the registration tables and the destination's lazy allocations. */
+extern pthread_mutex_t nasmig_table_lock;
+
+/* Bounded ring after Vyukov (ring.c): a sequence word per slot, producers
+ * reserve with a CAS on head and never wait (full means "drop" or
+ * "-EAGAIN"), one consumer. */
+struct nasmig_ring {
+    uint64_t mask;
+    size_t esize; /* element size, multiple of 8 */
+    uint8_t *slots;
+    uint64_t head __attribute__((aligned(64)));
+    uint64_t tail __attribute__((aligned(64)));
+};
+
+/* Tracking records (struct nasmig_rec); fetch requests and completions. */
+extern struct nasmig_ring nasmig_track_ring, nasmig_req_ring, nasmig_done_ring;
+
+static inline uint64_t *nasmig_ring_seq(struct nasmig_ring *r, uint64_t pos)
+{
+    return (uint64_t *)(r->slots + (pos & r->mask) * (r->esize + 8));
+}
+
+static inline void *nasmig_ring_elem(struct nasmig_ring *r, uint64_t pos)
+{
+    return (uint8_t *)nasmig_ring_seq(r, pos) + 8;
+}
+
+static inline void nasmig_ring_publish(struct nasmig_ring *r, uint64_t pos)
+{
+    STORE_REL(nasmig_ring_seq(r, pos), pos + 1);
+}
+
+int nasmig_ring_init(struct nasmig_ring *r, unsigned slots, size_t esize);
+int nasmig_ring_reserve(struct nasmig_ring *r, unsigned n, uint64_t *pos_out);
+void nasmig_inflight_check(const struct nasmig_page_read *pages, unsigned n,
+                           int *ok);
+
 /* Go-facing helpers (plain C; Go calls them once per batch). */
 int nasmig_shim_init(unsigned ring_slots);
 void nasmig_shim_fill(struct nasmig_lib *lib);
@@ -208,6 +253,34 @@ void nasmig_dest_reset(void);
 void nasmig_set_err(const char *msg);
 uint64_t nasmig_now_ns(void);
 void nasmig_stat_add(size_t field_offset, uint64_t v);
+
+/*
+ * Go's accessors to nasmig_g: Go writes none of C's globals itself, and
+ * reads through these what C may write meanwhile.  Where Go used
+ * sync/atomic they are __ATOMIC_SEQ_CST, as Go's atomics are; C's own
+ * accesses keep their orders.
+ */
+void nasmig_set_key(const void *expanded);
+void nasmig_set_mig_key(const void *expanded);
+void nasmig_set_flags(int enabled, int auto_enable);
+int nasmig_set_exclude(const char *list, size_t len);
+int nasmig_ramblock_count(void);
+uint64_t *nasmig_forward(int rb);
+int nasmig_disk_count(void);
+int nasmig_disk_removed(int disk);
+uint64_t *nasmig_rev_chunk(int disk, uint64_t idx);
+void nasmig_set_rev_chunk(int disk, uint64_t idx, uint64_t *chunk);
+void nasmig_set_fetch_time(uint64_t ns);
+void nasmig_set_disk_off(int disk, int off);
+void nasmig_set_dest_on(int on);
+void nasmig_set_wake_fd(int fd);
+void nasmig_set_go_sleeping(void);
+void nasmig_flush_state(uint32_t *req, uint32_t *ack);
+void nasmig_ack_flush(uint32_t req);
+int nasmig_finish_req(void);
+void nasmig_clear_barrier_req(void);
+void nasmig_set_finish_state(int state);
+uint64_t nasmig_first_ref_ns(void);
 
 /* The entry points QEMU gets (also called directly by tests). */
 int nasmig_lib_ramblock_add(const char *idstr, uint64_t max_length);

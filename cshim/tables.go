@@ -9,29 +9,75 @@ import "C"
 import (
 	"fmt"
 	"reflect"
-	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// RAMBlockCount is the number of RAM blocks QEMU registered.
-func RAMBlockCount() int {
-	return int(atomic.LoadInt32((*int32)(unsafe.Pointer(&C.nasmig_g.nrb))))
+// SetFlags records the plugin's switches for the C side.
+func SetFlags(enabled, autoEnable bool) {
+	C.nasmig_set_flags(cbool(enabled), cbool(autoEnable))
 }
+
+func cbool(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// SetExclude stores the names of disks that must never be referenced.
+func SetExclude(names []string) error {
+	var buf []byte
+	for _, n := range names {
+		buf = append(buf, n...)
+		buf = append(buf, 0)
+	}
+	buf = append(buf, 0)
+	if C.nasmig_set_exclude((*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf))) < 0 {
+		return fmt.Errorf("cshim: exclude list of %d bytes exceeds %d", len(buf), len(C.nasmig_g.exclude))
+	}
+	return nil
+}
+
+// SetErr sets the message QEMU reads through errmsg.
+func SetErr(msg string) {
+	cs := C.CString(msg)
+	defer C.free(unsafe.Pointer(cs))
+	C.nasmig_set_err(cs)
+}
+
+// Err returns the current error message (read under its lock).
+func Err() string {
+	var buf [1024]C.char
+	C.nasmig_lib_errmsg(&buf[0], C.size_t(len(buf)))
+	return C.GoString(&buf[0])
+}
+
+// RAMBlockCount is the number of RAM blocks QEMU registered.
+func RAMBlockCount() int { return int(C.nasmig_ramblock_count()) }
 
 // RAMBlockName returns the QEMU idstr of a RAM block.
 func RAMBlockName(rb int) string { return C.GoString(&C.nasmig_g.rb[rb].idstr[0]) }
 
+// RAMBlockByName returns the handle of the RAM block with QEMU idstr name.
+func RAMBlockByName(name string) (uint32, bool) {
+	for i := 0; i < RAMBlockCount(); i++ {
+		if RAMBlockName(i) == name {
+			return uint32(i), true
+		}
+	}
+	return 0, false
+}
+
 // Forward returns the forward words of a RAM block: shared memory outside
 // the Go heap that C reads concurrently; access it with sync/atomic only.
 func Forward(rb int) []uint64 {
-	info := &C.nasmig_g.rb[rb]
-	p := (*uint64)(atomic.LoadPointer((*unsafe.Pointer)(unsafe.Pointer(&info.forward))))
+	p := C.nasmig_forward(C.int(rb))
 	if p == nil {
 		return nil
 	}
-	return unsafe.Slice(p, int(info.npages))
+	return unsafe.Slice((*uint64)(unsafe.Pointer(p)), int(C.nasmig_g.rb[rb].npages))
 }
 
 // DiskInfo describes a disk the source tracks.
@@ -45,15 +91,13 @@ type DiskInfo struct {
 }
 
 // DiskCount is the number of disks QEMU registered.
-func DiskCount() int {
-	return int(atomic.LoadInt32((*int32)(unsafe.Pointer(&C.nasmig_g.ndisk))))
-}
+func DiskCount() int { return int(C.nasmig_disk_count()) }
 
 // Disk returns what QEMU told about disk i.
 func Disk(i int) DiskInfo {
 	d := &C.nasmig_g.disk[i]
 	return DiskInfo{Index: i, NodeName: C.GoString(&d.node_name[0]), Filename: C.GoString(&d.filename[0]),
-		Size: uint64(d.size), Excluded: d.excluded != 0, Removed: atomic.LoadInt32((*int32)(unsafe.Pointer(&d.removed))) != 0}
+		Size: uint64(d.size), Excluded: d.excluded != 0, Removed: C.nasmig_disk_removed(C.int(i)) != 0}
 }
 
 // ExcludeDisk marks disk i as never referenced (a name of it matched
@@ -64,13 +108,11 @@ func ExcludeDisk(i int) { C.nasmig_disk_exclude(C.int(i)) }
 // (outside the Go heap) when alloc is set; nil when absent or out of range.
 // Only the single map writer may pass alloc.
 func RevChunkAt(disk int, idx uint64, alloc bool) ([]uint64, error) {
-	d := &C.nasmig_g.disk[disk]
-	if idx >= uint64(d.ndir) {
+	if idx >= RevChunkCount(disk) {
 		return nil, nil
 	}
-	slot := (*unsafe.Pointer)(unsafe.Add(unsafe.Pointer(d.dir), uintptr(idx)*unsafe.Sizeof(uintptr(0))))
-	if p := atomic.LoadPointer(slot); p != nil {
-		return unsafe.Slice((*uint64)(p), RevChunk), nil
+	if p := C.nasmig_rev_chunk(C.int(disk), C.uint64_t(idx)); p != nil {
+		return unsafe.Slice((*uint64)(unsafe.Pointer(p)), RevChunk), nil
 	}
 	if !alloc {
 		return nil, nil
@@ -79,31 +121,33 @@ func RevChunkAt(disk int, idx uint64, alloc bool) ([]uint64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cshim: reverse chunk of disk %d: %w", disk, err)
 	}
-	atomic.StorePointer(slot, unsafe.Pointer(&mem[0]))
-	return unsafe.Slice((*uint64)(unsafe.Pointer(&mem[0])), RevChunk), nil
+	chunk := (*C.uint64_t)(unsafe.Pointer(&mem[0]))
+	C.nasmig_set_rev_chunk(C.int(disk), C.uint64_t(idx), chunk)
+	return unsafe.Slice((*uint64)(unsafe.Pointer(chunk)), RevChunk), nil
 }
 
 // RevChunkCount is the number of chunks of a disk's reverse index.
 func RevChunkCount(disk int) uint64 { return uint64(C.nasmig_g.disk[disk].ndir) }
 
-// RingPop moves up to len(out) tracking records out of the ring.
-func RingPop(out []Rec) int {
-	if len(out) == 0 {
-		return 0
-	}
-	return int(C.nasmig_ring_pop(&out[0], C.uint(len(out))))
+// Test entry points: drive the QEMU-facing functions without QEMU.
+
+// RAMBlockAdd registers a RAM block as QEMU would.
+func RAMBlockAdd(idstr string, maxLength uint64) int {
+	cs := C.CString(idstr)
+	defer C.free(unsafe.Pointer(cs))
+	return int(C.nasmig_lib_ramblock_add(cs, C.uint64_t(maxLength)))
 }
 
-// LostInvalidations counts write records the full ring could not take.
-func LostInvalidations() uint64 { return uint64(C.nasmig_lost_invalidations()) }
+// DiskAdd registers a disk as QEMU would.
+func DiskAdd(node, filename string, size uint64) int {
+	cn, cf := C.CString(node), C.CString(filename)
+	defer C.free(unsafe.Pointer(cn))
+	defer C.free(unsafe.Pointer(cf))
+	return int(C.nasmig_lib_disk_add(cn, cf, C.uint64_t(size)))
+}
 
-// LostHead is the ring position up to which records must be popped and
-// applied before the map is dropped for the lost writes that
-// LostInvalidations counted (call it after LostInvalidations).
-func LostHead() uint64 { return uint64(C.nasmig_lost_head()) }
-
-// RingTail is the consumer's position in the tracking ring.
-func RingTail() uint64 { return uint64(C.nasmig_ring_tail()) }
+// DiskRemove tells the library a disk's node is gone, as QEMU would.
+func DiskRemove(disk int) { C.nasmig_lib_disk_remove(C.int(disk)) }
 
 // Stats is struct nasmig_stats.
 type Stats C.struct_nasmig_stats
@@ -114,6 +158,9 @@ func StatsSnapshot() Stats {
 	C.nasmig_lib_stats((*C.struct_nasmig_stats)(&s))
 	return s
 }
+
+// StatsReset zeroes the per-migration counters.
+func StatsReset() { C.nasmig_stats_reset() }
 
 // StatAdd adds to a counter named by its offset (use the Stat* helpers).
 func statAdd(off uintptr, v uint64) { C.nasmig_stat_add(C.size_t(off), C.uint64_t(v)) }
@@ -129,10 +176,8 @@ func AddFetchBytes(v uint64) { statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.f
 func AddVerifyFailures(v uint64) {
 	statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.verify_failures), v)
 }
-func AddFallbacks(v uint64) { statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.fallbacks), v) }
-func SetFetchTime(ns uint64) {
-	atomic.StoreUint64((*uint64)(unsafe.Pointer(&C.nasmig_g.stats.fetch_time_ns)), ns)
-}
+func AddFallbacks(v uint64)  { statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.fallbacks), v) }
+func SetFetchTime(ns uint64) { C.nasmig_set_fetch_time(C.uint64_t(ns)) }
 
 // StatNames are the counters of struct nasmig_stats (cshim/nasmig.h, their
 // one home), in order, by their C names.
@@ -171,31 +216,3 @@ func (s *Stats) PendingPages() uint64   { return uint64(s.pending_pages) }
 
 // NowNS is CLOCK_MONOTONIC in nanoseconds, the clock of first_ref_ns.
 func NowNS() uint64 { return uint64(C.nasmig_now_ns()) }
-
-// FirstRefNS is when the destination saw its first reference (0: none).
-func FirstRefNS() uint64 {
-	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&C.nasmig_g.first_ref_ns)))
-}
-
-// MarkDirty asks QEMU to send a page again.
-func MarkDirty(rb uint32, off, length uint64) {
-	C.nasmig_call_mark_dirty(C.uint32_t(rb), C.uint64_t(off), C.uint64_t(length))
-}
-
-// MarkDirtyPages asks QEMU to send the pages (RAM block, page index) again,
-// in one cgo crossing for the batch.
-func MarkDirtyPages(rbs []uint32, pages []uint64) {
-	if len(rbs) == 0 || len(rbs) != len(pages) {
-		return
-	}
-	// C must not keep Go pointers: copy the batch into C memory.
-	n := len(rbs)
-	crbs := (*[1 << 30]C.uint32_t)(C.malloc(C.size_t(n) * 4))[:n:n]
-	cpages := (*[1 << 27]C.uint64_t)(C.malloc(C.size_t(n) * 8))[:n:n]
-	defer C.free(unsafe.Pointer(&crbs[0]))
-	defer C.free(unsafe.Pointer(&cpages[0]))
-	for i := range rbs {
-		crbs[i], cpages[i] = C.uint32_t(rbs[i]), C.uint64_t(pages[i])
-	}
-	C.nasmig_call_mark_dirty_pages(&crbs[0], &cpages[0], C.uint(n))
-}

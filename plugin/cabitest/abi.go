@@ -22,7 +22,7 @@ package cabitest
 #include <time.h>
 #include "shim.h"
 
-// The library's table filler (cshim/shim.c), as QEMU's loader reaches it
+// The library's table filler (cshim/host.c), as QEMU's loader reaches it
 // through nasmig_register.
 void nasmig_shim_fill(struct nasmig_lib *lib);
 

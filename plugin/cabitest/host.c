@@ -22,7 +22,7 @@ static void cabi_kick(void)
     __atomic_add_fetch(&kicks, 1, __ATOMIC_RELAXED);
 }
 
-/* The library's completion entry point (cshim/shim.c). */
+/* The library's completion entry point (cshim/dest.c). */
 void nasmig_lib_read_done(uint64_t cookie, int ret);
 
 static const uint8_t *disk_img;

@@ -484,7 +484,7 @@ func TestOverlappingReadsMapNothing(t *testing.T) {
 // by reads in flight is full, no read completing meanwhile maps anything.
 func TestInflightTableOverflowFailsClosed(t *testing.T) {
 	e := newEnv(t, "overflow", 64, 256)
-	const slots = 1 << 15                                 // INFLIGHT_SLOTS in shim.c
+	const slots = 1 << 15                                 // INFLIGHT_SLOTS in cshim/inflight.c
 	fake := cshimtest.CMem(t, (slots+100)*cshim.PageSize) // never touched: addresses only
 	var hosts []unsafe.Pointer
 	for i := 0; i < slots+100; i++ {
