@@ -29,17 +29,21 @@ type FetchDone C.struct_nasmig_fetch_done
 func (d *FetchDone) Cookie() uint64 { return uint64(d.cookie) }
 func (d *FetchDone) Ret() int64     { return int64(d.ret) }
 
-// FillVerify checks each block (bufs[i], C memory) against its reference
-// and fills the still-current pages; results get one Fill* code per page.
-func FillVerify(reqs []FetchReq, bufs []unsafe.Pointer, results []uint8) {
+// FillVerify checks each block (the page at offs[i] in buf) against its
+// reference and fills the still-current pages; results get one Fill* code
+// per page.
+func FillVerify(reqs []FetchReq, buf *CBuf, offs []uint64, results []uint8) {
 	if len(reqs) == 0 {
 		return
 	}
-	// bufs point outside the Go heap, but the slice holding them is Go
-	// memory: copy it into C memory so C never sees a Go pointer to pointers.
-	cb := (*[1 << 20]unsafe.Pointer)(C.malloc(C.size_t(len(bufs)) * C.size_t(unsafe.Sizeof(uintptr(0)))))
+	// The blocks are outside the Go heap, but a slice holding their
+	// addresses would be Go memory: build the array in C memory so C never
+	// sees a Go pointer to pointers.
+	cb := (*[1 << 20]unsafe.Pointer)(C.malloc(C.size_t(len(offs)) * C.size_t(unsafe.Sizeof(uintptr(0)))))
 	defer C.free(unsafe.Pointer(cb))
-	copy(cb[:len(bufs)], bufs)
+	for i, off := range offs {
+		cb[i] = buf.at(off, PageSize)
+	}
 	C.nasmig_fill_verify((*C.struct_nasmig_fetch_req)(&reqs[0]), C.uint(len(reqs)), (**C.uint8_t)(unsafe.Pointer(cb)), (*C.uint8_t)(unsafe.Pointer(&results[0])))
 }
 

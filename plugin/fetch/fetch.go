@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -42,7 +41,7 @@ type batch struct {
 	disk    uint32
 	first   uint64 // first block
 	nblocks uint64
-	buf     []byte // outside the Go heap
+	buf     *cshim.CBuf // QEMU reads into it
 	items   []item
 	retry   bool
 }
@@ -62,7 +61,7 @@ type Fetcher struct {
 	failed   []item
 	inflight map[uint64]*batch
 	nextID   uint64
-	free     [][]byte
+	free     []*cshim.CBuf
 	errs     []string
 	nerrs    int
 
@@ -331,14 +330,14 @@ func (f *Fetcher) sleep() {
 	unix.Read(f.wakeFD, b[:])
 }
 
-func (f *Fetcher) buffer() ([]byte, error) {
+func (f *Fetcher) buffer() (*cshim.CBuf, error) {
 	if n := len(f.free); n > 0 {
 		b := f.free[n-1]
 		f.free = f.free[:n-1]
 		return b, nil
 	}
 	// Outside the Go heap: QEMU writes into it from its own threads.
-	return unix.Mmap(-1, 0, maxReadBlocks*cshim.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	return cshim.NewCBuf(maxReadBlocks * cshim.PageSize)
 }
 
 // issue coalesces queued items into reads of contiguous blocks, each
@@ -385,7 +384,7 @@ func (f *Fetcher) issue(retry bool) {
 		f.nextID++
 		id := f.nextID
 		f.inflight[id] = b
-		err = cshim.ReadDisk(b.disk, b.first<<cshim.PageShift, unsafe.Pointer(&buf[0]), b.nblocks*cshim.PageSize, id)
+		err = cshim.ReadDisk(b.disk, b.first<<cshim.PageShift, buf, 0, b.nblocks*cshim.PageSize, id)
 		if err != nil {
 			delete(f.inflight, id)
 			f.free = append(f.free, buf)
@@ -409,13 +408,13 @@ func (f *Fetcher) complete(id uint64, ret int64) {
 		return
 	}
 	reqs := make([]cshim.FetchReq, len(b.items))
-	bufs := make([]unsafe.Pointer, len(b.items))
+	offs := make([]uint64, len(b.items))
 	for i := range b.items {
 		reqs[i] = b.items[i].req
-		bufs[i] = unsafe.Pointer(&b.buf[(reqs[i].Block()-b.first)*cshim.PageSize])
+		offs[i] = (reqs[i].Block() - b.first) * cshim.PageSize
 	}
 	results := make([]uint8, len(reqs))
-	cshim.FillVerify(reqs, bufs, results)
+	cshim.FillVerify(reqs, b.buf, offs, results)
 	var bad []item
 	for i, r := range results {
 		switch r {
