@@ -10,8 +10,8 @@ import (
 	"unsafe"
 
 	"nasmig/cshim"
+	"nasmig/cshim/cabitest"
 	"nasmig/cshim/cshimtest"
-	"nasmig/plugin/cabitest"
 	"nasmig/plugin/p2b"
 	"nasmig/plugin/wire"
 )

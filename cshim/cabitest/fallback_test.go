@@ -9,8 +9,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"nasmig/cshim"
+	"nasmig/cshim/cabitest"
 	"nasmig/cshim/cshimtest"
-	"nasmig/plugin/cabitest"
 	"nasmig/plugin/fetch"
 	"nasmig/plugin/p2b"
 	"nasmig/plugin/wire"

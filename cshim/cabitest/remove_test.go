@@ -7,8 +7,8 @@ import (
 	"unsafe"
 
 	"nasmig/cshim"
+	"nasmig/cshim/cabitest"
 	"nasmig/cshim/cshimtest"
-	"nasmig/plugin/cabitest"
 )
 
 // A disk whose node goes away (blockdev-del, hot-unplug): its pages stop

@@ -15,7 +15,7 @@ import (
 	"unsafe"
 
 	"nasmig/cshim"
-	"nasmig/plugin/cabitest"
+	"nasmig/cshim/cabitest"
 	"nasmig/plugin/p2b"
 )
 

@@ -1,7 +1,7 @@
 package cabitest
 
 /*
-#cgo CFLAGS: -O2 -Wall -Werror -I${SRCDIR}/../../cshim
+#cgo CFLAGS: -O2 -Wall -Werror -I${SRCDIR}/..
 #include <stdint.h>
 #include <string.h>
 #include <time.h>

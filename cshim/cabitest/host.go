@@ -1,7 +1,7 @@
 package cabitest
 
 /*
-#cgo CFLAGS: -O2 -Wall -Werror -I${SRCDIR}/../../cshim
+#cgo CFLAGS: -O2 -Wall -Werror -I${SRCDIR}/..
 #include <stdint.h>
 #include "nasmig.h"
 extern struct nasmig_host cabi_host;
@@ -66,5 +66,5 @@ func Messages() [][]byte {
 	}
 }
 
-// Kicks and Logs count the host's kick and log calls.
+// Kicks counts the host's kick calls.
 func Kicks() uint64 { return uint64(C.cabi_kicks()) }

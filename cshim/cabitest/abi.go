@@ -1,15 +1,16 @@
-// Package cabitest exercises libnasmig's C ABI from C, the way QEMU calls
-// it: through the struct nasmig_lib table that nasmig_shim_fill fills, from
-// several pthreads at once, with guest pages and disk blocks in mmap'd
-// memory.  The C code lives here because _test.go files cannot use cgo;
-// cabitest_test.go drives it.  It also provides a host table for tests
+// Package cabitest exercises libnasmig's C ABI, the C of package cshim,
+// from C, the way QEMU calls it: through the struct nasmig_lib table that
+// nasmig_shim_fill fills, from several pthreads at once, with guest pages
+// and disk blocks in mmap'd memory.  It lives beside what it tests; the C
+// code is in a package of its own because _test.go files cannot use cgo,
+// and cabitest_test.go drives it.  It also provides a host table for tests
 // (host.go) and the C micro-benchmarks (bench.go).
 //
 // Not part of the product: only tests import it.
 package cabitest
 
 /*
-#cgo CFLAGS: -O2 -Wall -Werror -I${SRCDIR}/../../cshim
+#cgo CFLAGS: -O2 -Wall -Werror -I${SRCDIR}/..
 #cgo LDFLAGS: -lpthread
 #include <errno.h>
 #include <pthread.h>

@@ -1,5 +1,5 @@
 /* A host table (struct nasmig_host) for tests: mark_dirty reports to Go,
- * log and kick count their calls, read_disk reads a disk image in C memory
+ * kick counts its calls, read_disk reads a disk image in C memory
  * (and completes at once, as a read served from a cache would), and
  * send_to_source keeps the messages for the test.  C memory, as QEMU's
  * table would be. */
