@@ -146,14 +146,19 @@ fetch_qemu_source() {
 	QEMU_DSC=$dsc
 }
 
-# unpack_qemu TREE: the pinned QEMU source (Debian's patches applied) in
-# TREE, with the copy of the ABI header (one home: cshim/) QEMU builds with.
+# unpack_qemu TREE: the pinned QEMU source (Debian's patches applied) in TREE.
 unpack_qemu() {
 	local tree=$1
 	mkdir -p "$(dirname "$tree")"
 	dpkg-source -x "$QEMU_DSC" "$tree" >/dev/null
-	mkdir -p "$tree/include/nasmig"
-	cp cshim/nasmig.h "$tree/include/nasmig/nasmig.h"
+}
+
+# check_abi_header TREE: the ABI header the host-glue patch adds to QEMU must
+# be the library's (one home: cshim/nasmig.h); a patched tree with another
+# one would build a QEMU that disagrees with libnasmig.so.
+check_abi_header() {
+	cmp -s cshim/nasmig.h "$1/include/nasmig/nasmig.h" \
+		|| die "cshim/nasmig.h differs from the include/nasmig/nasmig.h that qemu-patches/ adds: put the new header into the host-glue patch (it adds that file)"
 }
 
 # configure_qemu TREE BUILD [ARG...]: CONFIGURE_ARGS and ARGs, in BUILD.
@@ -196,6 +201,7 @@ build_qemu() {
 		patch -d "$tree" -p1 -s <"qemu-patches/$p"
 		echo "    applied $p"
 	done <qemu-patches/series
+	check_abi_header "$tree"
 	done_step
 	step "configuring QEMU"
 	configure_qemu "$tree" "$build"
@@ -445,7 +451,7 @@ do_check_series() {
 	done_step
 	step "building QEMU without the series"
 	# shellcheck disable=SC2086
-	ninja_qemu "$build" build-0.log "stock QEMU does not build" $QEMU_TARGETS
+	ninja_qemu "$build" build-0.log "stock QEMU does not build" $QEMU_TARGETS tests/qtest/migration-test
 	done_step
 	while read -r p; do
 		[ -n "$p" ] || continue
@@ -453,9 +459,10 @@ do_check_series() {
 		step "building with the series up to $p"
 		patch -d "$tree" -p1 -s <"qemu-patches/$p" || die "$p does not apply on top of the patches before it"
 		# shellcheck disable=SC2086
-		ninja_qemu "$build" "build-$n.log" "QEMU does not build with the series up to $p" $QEMU_TARGETS
+		ninja_qemu "$build" "build-$n.log" "QEMU does not build with the series up to $p" $QEMU_TARGETS tests/qtest/migration-test
 		done_step
 	done <qemu-patches/series
+	check_abi_header "$tree"
 	echo
 	echo "each of the $n patches builds on top of the ones before it ($(($(date +%s) - t0)) s; tree and logs in $dir)"
 }

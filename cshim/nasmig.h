@@ -16,6 +16,13 @@
  *
  * Errors: functions return 0 or a negative errno.  A message for the last
  * failure is available through nasmig_lib.errmsg.
+ *
+ * QEMU carries a copy as include/nasmig/nasmig.h, added by the host-glue
+ * patch in qemu-patches/; build.sh and a unit test check that the two are
+ * the same file.
+ *
+ * Copyright (c) 2026 The nasmig authors
+ * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #ifndef NASMIG_H
 #define NASMIG_H

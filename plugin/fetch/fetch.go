@@ -359,12 +359,12 @@ func (f *Fetcher) enqueue(reqs []cshim.FetchReq, retry bool) {
 	}
 }
 
-// issue starts coalesced reads from the backlog while fewer than
-// maxInFlight are in flight (a final re-read starts them all).
 // How long the fetch-stall fault (nasmig.h) stops the fetcher: longer than
 // a hold poll and a sync point, shorter than any test's bound.
 const injectedStall = 3 * time.Second
 
+// issue starts coalesced reads from the backlog while fewer than
+// maxInFlight are in flight (a final re-read starts them all).
 func (f *Fetcher) issue(retry bool) {
 	f.queued.flush()
 	for f.queued.len() > 0 && (len(f.inflight) < maxInFlight || retry) {

@@ -62,3 +62,44 @@ func TestDiskRefStatsMatchTheHeader(t *testing.T) {
 		t.Errorf("QAPI MigrationDiskRefs in qemu-patches has %v,\nstruct nasmig_stats gives %v", qapi, want)
 	}
 }
+
+// The ABI header has one home, cshim/nasmig.h; the host-glue patch adds
+// the same file to QEMU as include/nasmig/nasmig.h (build.sh checks it
+// too, on the patched tree).
+func TestABIHeaderInPatchesIsCshims(t *testing.T) {
+	want, err := os.ReadFile("../../cshim/nasmig.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	patches, err := filepath.Glob("../../qemu-patches/*.patch")
+	if err != nil || len(patches) == 0 {
+		t.Fatalf("no QEMU patches: %v", err)
+	}
+	const file = "+++ b/include/nasmig/nasmig.h\n"
+	found := 0
+	for _, p := range patches {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := strings.Index(string(b), file)
+		if i < 0 {
+			continue
+		}
+		found++
+		// A new file: one hunk of added lines, up to the next file's diff.
+		var got strings.Builder
+		for _, line := range strings.Split(string(b[i+len(file):]), "\n")[1:] {
+			if !strings.HasPrefix(line, "+") {
+				break
+			}
+			got.WriteString(line[1:] + "\n")
+		}
+		if got.String() != string(want) {
+			t.Errorf("%s adds an include/nasmig/nasmig.h that differs from cshim/nasmig.h", filepath.Base(p))
+		}
+	}
+	if found != 1 {
+		t.Errorf("%d patches add include/nasmig/nasmig.h, want exactly 1", found)
+	}
+}
