@@ -46,6 +46,7 @@ static int qemu_waits;
 
 static int qemu_wait(void)
 {
+    /* Flag first, then wake: Go, once awake, sees that QEMU waits. */
     __atomic_store_n(&qemu_waits, 1, __ATOMIC_SEQ_CST);
     wake_go();
     return -EAGAIN;
@@ -180,7 +181,6 @@ int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
         return -EINVAL;
     }
     if (nasmig_ring_reserve(&nasmig_req_ring, 1, &pos) < 0) {
-        wake_go();
         return qemu_wait();
     }
     for (;;) {
@@ -243,7 +243,6 @@ int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
                 /* Ask the worker to settle failed pages now, not at the end. */
                 __atomic_or_fetch(&nasmig_g.finish_req,
                                   NASMIG_FINISH_REQ_BARRIER, __ATOMIC_SEQ_CST);
-                wake_go();
                 return qemu_wait();
             }
             if (__atomic_compare_exchange_n(&st[page], &old,

@@ -32,6 +32,11 @@ const char *nasmig_fault_name(int fault)
     return fault_names[fault];
 }
 
+int nasmig_faults_armed(void)
+{
+    return __atomic_load_n(&fault_any, __ATOMIC_ACQUIRE);
+}
+
 uint64_t nasmig_fault_fired(int fault)
 {
     if (!nasmig_fault_name(fault)) {
@@ -92,7 +97,7 @@ int nasmig_lib_fault(enum nasmig_fault fault)
 {
     int64_t left;
 
-    if (__builtin_expect(!__atomic_load_n(&fault_any, __ATOMIC_ACQUIRE), 1) ||
+    if (__builtin_expect(!nasmig_faults_armed(), 1) ||
         !nasmig_fault_name(fault)) {
         return 0;
     }

@@ -50,5 +50,8 @@ func FaultNames() map[int]string {
 	return names
 }
 
+// FaultsArmed reports whether any fault is armed in this process.
+func FaultsArmed() bool { return C.nasmig_faults_armed() != 0 }
+
 // FaultFired is how many times fault f has fired in this process.
 func FaultFired(f int) uint64 { return uint64(C.nasmig_fault_fired(C.int(f))) }

@@ -7,8 +7,8 @@ import (
 
 // One process, one arming: the cases run in order and each uses its own fault.
 func TestFaults(t *testing.T) {
-	if Fault(FaultRingFull) {
-		t.Fatal("a fault fired with nothing armed")
+	if Fault(FaultRingFull) || FaultsArmed() {
+		t.Fatal("a fault fired, or counts as armed, with nothing armed")
 	}
 	for _, bad := range []string{"no-such-fault", "ring-full:0", "ring-full:x", "ring-full:", "," + strings.Repeat("x", 600)} {
 		if err := ArmFaults(bad); err == nil {
@@ -17,6 +17,9 @@ func TestFaults(t *testing.T) {
 	}
 	if err := ArmFaults("dest-read-error,fetch-stall:3,setup-cut-short:*"); err != nil {
 		t.Fatal(err)
+	}
+	if !FaultsArmed() {
+		t.Fatal("FaultsArmed false after arming")
 	}
 	count := func(f, tries int) (n int) {
 		for range tries {

@@ -313,6 +313,7 @@ int nasmig_lib_fault(enum nasmig_fault fault);
 int nasmig_fault_arm(const char *spec, char *err, size_t errlen);
 const char *nasmig_fault_name(int fault);
 uint64_t nasmig_fault_fired(int fault);
+int nasmig_faults_armed(void);
 
 /* Kicks QEMU if it waits on an -EAGAIN of ours (Go, after progress). */
 void nasmig_kick_waiter(void);

@@ -54,8 +54,6 @@ var lib struct {
 	// held), and whether it ran out (hold-max).
 	holdStart   time.Time
 	holdExpired bool
-	// faults: the NASMIG_FAULT spec armed in this process (tests only).
-	faults string
 }
 
 func cError(buf *C.char, n C.size_t, msg string) {
@@ -123,7 +121,6 @@ func initLibrary(cfg config.Config, host, out unsafe.Pointer) error {
 		if err := cshim.ArmFaults(spec); err != nil {
 			return err
 		}
-		lib.faults = spec
 		lib.log.Warn().Str("faults", spec).Msg("fault injection armed (" + cshim.FaultEnv + "): this process will fail on purpose")
 	}
 	// The key is secret to the hosts: a guest cannot aim for collisions.
@@ -431,7 +428,7 @@ func nasmigDestCleanup(failed C.int) {
 // withFaults adds, when faults are armed (tests), how often each fired so
 // far: a test asserts that the fault it armed was really hit.
 func withFaults(ev *zerolog.Event) *zerolog.Event {
-	if lib.faults == "" {
+	if !cshim.FaultsArmed() {
 		return ev
 	}
 	fired := zerolog.Dict()
