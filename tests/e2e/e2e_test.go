@@ -894,6 +894,19 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	flow(t, ctx, p)
 }
 
+// newDestination starts another incoming QEMU like the case's first
+// destination (without its faults), named name, as p.dst.
+func (p *pair) newDestination(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	cfg := p.dstCfg
+	cfg.Name = name
+	vm, err := p.run.StartVM(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dst = vm
+}
+
 // migrate runs the migration, keeps both sides' final query-migrate in
 // migration.json and takes the figures.
 func (p *pair) migrate(t *testing.T, ctx context.Context) (*harness.MigrationResult, error) {

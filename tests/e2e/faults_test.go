@@ -22,7 +22,7 @@ func faultCases() []e2eCase {
 		// the source (its resend), none from storage.
 		nasmigBothSides(e2eCase{
 			name: "32a-fault-dest-read-error", workload: "pagecache-read", dstFault: "dest-read-error:*",
-			flow: faultFlow(false, "dest-read-error", func(t *testing.T, o outcome) {
+			flow: faultFlow("dest-read-error", "", func(t *testing.T, o outcome) {
 				requireRefs(t, o)
 				if o.dst.FetchedPages != 0 || o.dst.Fallbacks == 0 {
 					t.Errorf("every read failed, yet fetched-pages %d, fallbacks %d: want 0 and > 0", o.dst.FetchedPages, o.dst.Fallbacks)
@@ -33,17 +33,17 @@ func faultCases() []e2eCase {
 		// the destination's verification must catch each.
 		nasmigBothSides(e2eCase{
 			name: "32b-fault-dest-read-short", workload: "pagecache-read", dstFault: "dest-read-short:3",
-			flow: faultFlow(false, "dest-read-short", requireVerifyFailures),
+			flow: faultFlow("dest-read-short", "", requireVerifyFailures),
 		}),
 		nasmigBothSides(e2eCase{
 			name: "32c-fault-dest-read-corrupt", workload: "pagecache-read", dstFault: "dest-read-corrupt:3",
-			flow: faultFlow(false, "dest-read-corrupt", requireVerifyFailures),
+			flow: faultFlow("dest-read-corrupt", "", requireVerifyFailures),
 		}),
 		// The fetch stops for 3 s: the switchover waits for it, nothing
 		// else changes.
 		nasmigBothSides(e2eCase{
 			name: "32d-fault-fetch-stall", workload: "pagecache-read", dstFault: "fetch-stall",
-			flow: faultFlow(false, "fetch-stall", func(t *testing.T, o outcome) {
+			flow: faultFlow("fetch-stall", "", func(t *testing.T, o outcome) {
 				requireRefsAndFetched(t, o)
 				if o.dst.FetchTimeMs < 3000 {
 					t.Errorf("fetch-time %d ms: the 3 s stall does not show", o.dst.FetchTimeMs)
@@ -54,7 +54,7 @@ func faultCases() []e2eCase {
 		// migration is a stock one; a lost record must never cost a page.
 		nasmigBothSides(e2eCase{
 			name: "32e-fault-ring-full", workload: "pagecache-read", srcFault: "ring-full:*",
-			flow: faultFlow(false, "ring-full", func(t *testing.T, o outcome) {
+			flow: faultFlow("ring-full", "", func(t *testing.T, o outcome) {
 				if o.src.RefPages != 0 || o.src.MappedPages != 0 {
 					t.Errorf("every tracking record was dropped, yet mapped-pages %d, ref-pages %d: want 0", o.src.MappedPages, o.src.RefPages)
 				}
@@ -67,7 +67,7 @@ func faultCases() []e2eCase {
 		nasmigBothSides(e2eCase{
 			name: "32f-fault-write-record-lost", workload: "mixed", settle: 3, srcFault: "write-record-lost:*",
 			opts: harness.MigrateOpts{Params: map[string]any{"max-bandwidth": 60_000_000}},
-			flow: faultFlow(false, "write-record-lost", func(t *testing.T, o outcome) {
+			flow: faultFlow("write-record-lost", "", func(t *testing.T, o outcome) {
 				requireRefs(t, o)
 				// The guest rewrote cached blocks through those very pages:
 				// the source's hash at send is what caught them.
@@ -81,7 +81,7 @@ func faultCases() []e2eCase {
 		// runs on, and the next migration (the fault fired once) succeeds.
 		nasmigBothSides(e2eCase{
 			name: "32g-fault-setup-cut-short", workload: "pagecache-read", srcFault: "setup-cut-short",
-			flow: faultFlow(true, "setup-cut-short", requireRefsAndFetched),
+			flow: faultFlow("setup-cut-short", "setup", requireRefsAndFetched),
 		}),
 	}
 }
@@ -94,17 +94,18 @@ func requireVerifyFailures(t *testing.T, o outcome) {
 	}
 }
 
-// faultFlow migrates with the fault armed.  fails: the migration must fail
-// and the source keep running; a second migration, to a destination
-// without faults, must then succeed.  check runs on the migration that
-// completed, after the RAM comparison.
-func faultFlow(fails bool, fault string, check func(*testing.T, outcome)) func(*testing.T, context.Context, *pair) {
+// faultFlow migrates with the fault armed.  failsWith empty: the migration
+// must complete.  Else it must fail, the source's error-desc or the
+// destination's log must name failsWith, and the source must keep running;
+// a second migration, to a destination without faults, must then succeed.
+// check runs on the migration that completed, after the RAM comparison.
+func faultFlow(fault, failsWith string, check func(*testing.T, outcome)) func(*testing.T, context.Context, *pair) {
 	return func(t *testing.T, ctx context.Context, p *pair) {
 		armed, event := p.dst, "incoming migration ended"
 		if p.c.srcFault != "" {
 			armed, event = p.src, "outgoing migration ended"
 		}
-		if fails {
+		if failsWith != "" {
 			result, err := p.migrate(t, ctx)
 			if err == nil {
 				t.Fatalf("the migration with %s completed (status %s); want it to fail", fault, result.Status())
@@ -114,20 +115,15 @@ func faultFlow(fails bool, fault string, check func(*testing.T, outcome)) func(*
 				desc = result.Source.ErrorDesc
 			}
 			t.Logf("failed as expected: %v (source error-desc %q)", err, desc)
-			if !strings.Contains(desc, "setup") && !strings.Contains(p.dst.LogTail(50), "setup") {
-				t.Errorf("neither the source's error-desc nor the destination's log says the setup was bad:\n%s", p.dst.LogTail(20))
+			if !strings.Contains(desc, failsWith) && !strings.Contains(p.dst.LogTail(50), failsWith) {
+				t.Errorf("neither the source's error-desc nor the destination's log names %q:\n%s", failsWith, p.dst.LogTail(20))
 			}
 			expectSourceAlive(t, ctx, p)
 			requireFaultFired(t, armed, event, fault)
-			cfg := p.dstCfg
-			cfg.Name = "dst2"
-			var errStart error
-			if p.dst, errStart = p.run.StartVM(ctx, cfg); errStart != nil {
-				t.Fatal(errStart)
-			}
+			p.newDestination(t, ctx, "dst2")
 		}
 		o := migrateAndCompare(t, ctx, p)
-		if !fails {
+		if failsWith == "" {
 			requireFaultFired(t, armed, event, fault)
 		}
 		check(t, o)

@@ -374,11 +374,7 @@ func retryFlow(killDestination bool) func(t *testing.T, ctx context.Context, p *
 		}
 		expectSourceAlive(t, ctx, p)
 
-		cfg := p.dstCfg
-		cfg.Name = "dst2"
-		if p.dst, err = p.run.StartVM(ctx, cfg); err != nil {
-			t.Fatal(err)
-		}
+		p.newDestination(t, ctx, "dst2")
 		opts := p.c.opts
 		opts.Params = map[string]any{"max-bandwidth": defaultMaxBandwidth}
 		result, err := harness.Migrate(ctx, p.src, p.dst, opts)
@@ -436,11 +432,7 @@ func chainFlow(t *testing.T, ctx context.Context, p *pair) {
 		p.src.Kill()
 		p.src = p.dst
 		if hop < hops {
-			cfg := p.dstCfg
-			cfg.Name = fmt.Sprintf("hop%d", hop+1)
-			if p.dst, err = p.run.StartVM(ctx, cfg); err != nil {
-				t.Fatal(err)
-			}
+			p.newDestination(t, ctx, fmt.Sprintf("hop%d", hop+1))
 		}
 	}
 	verifyCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
