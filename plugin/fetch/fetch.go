@@ -15,7 +15,9 @@ package fetch
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -27,8 +29,9 @@ import (
 
 const (
 	maxReadBlocks = 256 // 1 MiB per coalesced read
-	maxInFlight   = 16
-	maxErrors     = 8 // messages kept for the report
+	maxInFlight   = 16  // storage reads in flight
+	maxErrors     = 8   // messages kept for the report
+	maxFillers    = 4
 )
 
 type item struct {
@@ -44,6 +47,8 @@ type batch struct {
 	buf     *cshim.CBuf // QEMU reads into it
 	items   []item
 	retry   bool
+	id      uint64
+	results []uint8 // a filler's verdict per item (cshim.Fill*)
 }
 
 // DiskName names a source disk for error messages.
@@ -57,10 +62,21 @@ type Fetcher struct {
 	stop     chan struct{}
 	done     chan struct{}
 
-	queued   backlog
-	failed   []item
+	queued backlog
+	failed []item
+	// inflight: every batch from its read until its fill is accounted
+	// (sync points and the gate wait for it); reading: those still in
+	// the storage's hands.
 	inflight map[uint64]*batch
+	reading  int
 	nextID   uint64
+	// Verification and fill run on fillers, not on this loop: the fill's
+	// first touch of guest RAM (the kernel zeroing each new page) costs
+	// as much CPU as the rest of the fetch, and one goroutine would
+	// serialise it.  The loop keeps the storage busy meanwhile.
+	toFill   chan *batch
+	filledMu sync.Mutex
+	filled   []*batch // back from the fillers, to account
 	free     []*cshim.CBuf
 	errs     []string
 	nerrs    int
@@ -133,11 +149,42 @@ func Start(log zerolog.Logger, diskName DiskName, hold bool) (*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetch: eventfd: %w", err)
 	}
+	fillers := min(max(runtime.GOMAXPROCS(0), 1), maxFillers)
 	f := &Fetcher{log: log, diskName: diskName, wakeFD: fd, stop: make(chan struct{}), done: make(chan struct{}),
-		inflight: map[uint64]*batch{}, hold: hold}
+		inflight: map[uint64]*batch{}, hold: hold,
+		toFill: make(chan *batch, maxInFlight)}
 	cshim.SetWakeFD(fd)
+	for i := 0; i < fillers; i++ {
+		go f.fill()
+	}
 	go f.run()
 	return f, nil
+}
+
+// fill verifies and fills the batches whose reads completed, then hands
+// them back to the loop and wakes it.
+func (f *Fetcher) fill() {
+	for b := range f.toFill {
+		reqs := make([]cshim.FetchReq, len(b.items))
+		offs := make([]uint64, len(b.items))
+		for i := range b.items {
+			reqs[i] = b.items[i].req
+			offs[i] = (reqs[i].Block() - b.first) * cshim.PageSize
+		}
+		b.results = make([]uint8, len(reqs))
+		cshim.FillVerify(reqs, b.buf, offs, b.results)
+		// Never blocks, so the loop's send to toFill always ends.
+		f.filledMu.Lock()
+		f.filled = append(f.filled, b)
+		f.filledMu.Unlock()
+		f.wake()
+	}
+}
+
+// wake ends the loop's sleep (it polls the eventfd C writes to).
+func (f *Fetcher) wake() {
+	one := [8]byte{1}
+	unix.Write(f.wakeFD, one[:])
 }
 
 // Stop ends the worker after the reads in flight have finished (their
@@ -145,6 +192,7 @@ func Start(log zerolog.Logger, diskName DiskName, hold bool) (*Fetcher, error) {
 func (f *Fetcher) Stop() {
 	close(f.stop)
 	<-f.done
+	close(f.toFill)
 	cshim.SetWakeFD(-1)
 	unix.Close(f.wakeFD)
 }
@@ -178,14 +226,23 @@ func (f *Fetcher) run() {
 			busy = true
 			for i := 0; i < n; i++ {
 				f.complete(dones[i].Cookie(), dones[i].Ret())
-				// Refill at once: the storage keeps reading while the
-				// rest of the completions are verified and filled.
-				if f.queued.len() > 0 && len(f.inflight) < maxInFlight {
-					f.issue(false)
-				}
 			}
 		}
-		if f.queued.len() > 0 && len(f.inflight) < maxInFlight {
+		// Refill before accounting fills: the storage keeps reading while
+		// the fillers work.
+		if f.queued.len() > 0 && f.reading < maxInFlight {
+			busy = true
+			f.issue(false)
+		}
+		f.filledMu.Lock()
+		filled := f.filled
+		f.filled = nil
+		f.filledMu.Unlock()
+		for _, b := range filled {
+			busy = true
+			f.account(b)
+		}
+		if f.queued.len() > 0 && f.reading < maxInFlight {
 			busy = true
 			f.issue(false)
 		}
@@ -197,6 +254,9 @@ func (f *Fetcher) run() {
 				stopAt = time.Now()
 			}
 			if len(f.inflight) == 0 || time.Since(stopAt) > 5*time.Second {
+				// A batch still with a filler keeps its buffer: the
+				// filler finishes it into f.filled, which nobody reads
+				// any more.
 				return
 			}
 		default:
@@ -367,7 +427,7 @@ const injectedStall = 3 * time.Second
 // maxInFlight are in flight (a final re-read starts them all).
 func (f *Fetcher) issue(retry bool) {
 	f.queued.flush()
-	for f.queued.len() > 0 && (len(f.inflight) < maxInFlight || retry) {
+	for f.queued.len() > 0 && (f.reading < maxInFlight || retry) {
 		buf, err := f.buffer()
 		if err != nil {
 			f.log.Error().Err(err).Msg("no buffer for a storage read; retrying later")
@@ -384,9 +444,11 @@ func (f *Fetcher) issue(retry bool) {
 		f.nextID++
 		id := f.nextID
 		f.inflight[id] = b
+		f.reading++
 		err = cshim.ReadDisk(b.disk, b.first<<cshim.PageShift, buf, 0, b.nblocks*cshim.PageSize, id)
 		if err != nil {
 			delete(f.inflight, id)
+			f.reading--
 			f.free = append(f.free, buf)
 			f.fail(b.items, err.Error())
 		} else {
@@ -396,27 +458,31 @@ func (f *Fetcher) issue(retry bool) {
 	}
 }
 
+// complete takes a finished storage read: a failed one fails its items,
+// a good one goes to a filler.
 func (f *Fetcher) complete(id uint64, ret int64) {
 	b, ok := f.inflight[id]
 	if !ok {
 		return
 	}
-	delete(f.inflight, id)
-	defer func() { f.free = append(f.free, b.buf) }()
+	f.reading--
 	if ret < 0 {
+		delete(f.inflight, id)
+		f.free = append(f.free, b.buf)
 		f.fail(b.items, fmt.Sprintf("storage read failed: %v", unix.Errno(-ret)))
 		return
 	}
-	reqs := make([]cshim.FetchReq, len(b.items))
-	offs := make([]uint64, len(b.items))
-	for i := range b.items {
-		reqs[i] = b.items[i].req
-		offs[i] = (reqs[i].Block() - b.first) * cshim.PageSize
-	}
-	results := make([]uint8, len(reqs))
-	cshim.FillVerify(reqs, b.buf, offs, results)
+	b.id = id
+	f.toFill <- b
+}
+
+// account takes a batch back from a filler: counts, fails what did not
+// verify, frees its buffer.
+func (f *Fetcher) account(b *batch) {
+	delete(f.inflight, b.id)
+	f.free = append(f.free, b.buf)
 	var bad []item
-	for i, r := range results {
+	for i, r := range b.results {
 		switch r {
 		case cshim.FillFilled:
 			if b.retry {
