@@ -50,9 +50,11 @@ commands:
   bench-migration [--quick] [nasmig-demo flags]
           build, then migrate a 2 GiB guest with 1200 MiB of page cache in every stock
           mode and with nasmig, 3 runs each, on three emulated networks (namespaces
-          and tc: fast-storage, equal-links, 10g): medians, ratios to stock pre-copy
-          on the same network, results.md and results.csv in \$NASMIG_CACHE/bench
-          (about an hour under TCG; --quick: fast-storage, 3 modes, 1 run)
+          and tc: fast-storage, equal-links, 10g); other workloads, a disk of real
+          files, and the destination's fetch alone beside a plain reader: medians,
+          ratios to stock pre-copy on the same network, Markdown and CSV in
+          \$NASMIG_CACHE/bench/* (about 2.5 hours under TCG; --quick: fast-storage,
+          3 modes, 1 run, and the fetch alone: about 8 minutes)
   check-series
           build the pinned QEMU once per patch of qemu-patches/series, each on top of
           the ones before it, so that every patch builds on its own (by hand when the
@@ -419,17 +421,42 @@ do_bench_migration() {
 	build_guest
 	test_env
 	# Every stock mode and nasmig on each emulated network (network
-	# namespaces and tc, torn down at the end); --quick: one network, the
-	# three modes that matter most, one run each (about 10 minutes).
-	local set=(-profiles fast-storage,equal-links,10g -modes stock,multifd-zstd,xbzrle,postcopy,nasmig,nasmig-multifd-zstd -runs 3)
+	# namespaces and tc, torn down at the end), medians of 3 runs; the
+	# other workloads and the disk of real files on the usual data-center
+	# network; the destination's fetch alone beside a plain reader.  About
+	# 2.5 hours.  --quick: one network, the three modes that matter most,
+	# one run each, and the fetch alone (about 8 minutes).  Every part
+	# defers the machine's free page reporting and touches memory before
+	# each run (-warm-memory, see tools/nasmig-demo/hostmem.go) and counts
+	# the pages a reference could cover (-oracle).
+	local out=$CACHE/bench dir
+	local -a parts
 	if [ "${1:-}" = --quick ]; then
 		shift
-		set=(-profiles fast-storage -modes stock,multifd-zstd,nasmig -runs 1)
+		parts=(
+			"matrix|-profiles fast-storage -modes stock,multifd-zstd,nasmig -runs 1"
+			"fetch|-fetch-bench -profiles fast-storage -runs 1"
+		)
+	else
+		parts=(
+			"matrix|-profiles fast-storage,equal-links,10g -modes stock,multifd-zstd,xbzrle,postcopy,free-page-hint,nasmig,nasmig-multifd-zstd,nasmig-free-page-hint -runs 3"
+			"workloads|-profiles fast-storage -workloads mixed,pagecache-write,reader,memory-hot,idle -modes stock,multifd-zstd,nasmig -runs 3"
+			"real|-disk real -profiles fast-storage,equal-links -modes stock,multifd-zstd,nasmig,nasmig-multifd-zstd -runs 3"
+			"fetch|-fetch-bench -profiles fast-storage,equal-links,10g -runs 3"
+		)
+		step "the disk of real files (Debian packages' contents)"
+		NASMIG_REAL_DEBS=$CACHE/real-debs bash tests/guest/mkrealdisk.sh "$GUEST" || die "cannot build the real-files disk"
+		done_step
 	fi
-	step "migration benchmark: ${set[*]}"
-	"$OUT/nasmig-demo" "${set[@]}" -out "$CACHE/bench" "$@"
-	echo "results: $CACHE/bench/results.md, $CACHE/bench/results.csv"
-	done_step
+	for part in "${parts[@]}"; do
+		dir=$out/${part%%|*}
+		# shellcheck disable=SC2206
+		local -a set=(${part#*|})
+		step "migration benchmark, ${part%%|*}: ${set[*]}"
+		"$OUT/nasmig-demo" -warm-memory -oracle "${set[@]}" -out "$dir" "$@" || die "benchmark part ${part%%|*} failed (results so far in $dir)"
+		done_step
+	done
+	echo "results: $out/*/{results,fetch}.{md,csv}"
 }
 
 # do_check_series: QEMU built once per patch of the series, each on top of

@@ -39,6 +39,7 @@ MODULE_ROOTS=(
 	"ahci:SATA_AHCI"                        # ahci/ide-hd (q35's own ICH9 AHCI too) -> /dev/sda
 	"sd_mod:BLK_DEV_SD"
 	"ext4:EXT4_FS"
+	"virtio_balloon:VIRTIO_BALLOON?"        # free page hinting (the benchmark's free-page-hint modes)
 )
 
 die() { echo "guest: error: $*" >&2; exit 1; }

@@ -10,17 +10,21 @@
 // NASMIG_OUT, NASMIG_GUEST, NASMIG_QEMU_DATADIRS, NASMIG_ACCEL, NASMIG_KEEP.
 //
 //	nasmig-demo [-mem MiB] [-mib MiB] [-max-bandwidth bytes/s] [-verify] [-json]
-//	            [-modes stock,nasmig,...] [-profiles unix,fast-storage,...] [-runs N] [-out DIR]
+//	            [-modes stock,nasmig,...] [-profiles unix,fast-storage,...] [-workloads pagecache-read,...]
+//	            [-disk synthetic|real] [-runs N] [-oracle] [-warm-memory] [-fetch-bench] [-out DIR]
 //
-// With -modes, -profiles and -runs it is the migration benchmark
-// (./build.sh bench-migration): every stock QEMU mode and nasmig, N runs
-// each, on an emulated data-center network (three network namespaces:
-// source, destination and storage host, each link shaped with tc), medians
-// and ratios to stock pre-copy on the same network measured in the same
-// run, written as Markdown and CSV to -out.
+// With -modes, -profiles, -workloads and -runs it is the migration
+// benchmark (./build.sh bench-migration): every stock QEMU mode and nasmig,
+// N runs each, on an emulated data-center network (three network
+// namespaces: source, destination and storage host, each link shaped with
+// tc), medians and ratios to stock pre-copy on the same network and
+// workload measured in the same run, written as Markdown, CSV and SVG
+// plots to -out.  -fetch-bench measures the destination's fetch alone
+// (fetchbench.go).
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -48,6 +52,7 @@ type mode struct {
 	PluginArgs []string // libnasmig.so's arguments on both sides
 	Caps       map[string]bool
 	Params     map[string]any
+	ExtraArgs  []string // QEMU arguments on both sides (devices)
 	// Postcopy: switch to postcopy this long after the migration started.
 	Postcopy time.Duration
 }
@@ -56,14 +61,22 @@ type mode struct {
 // enable=off, which is stock QEMU behaviour.
 var modes = []mode{
 	{Name: "stock", PluginArgs: []string{"enable=off"}},
-	{Name: "multifd-zstd", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"multifd": true},
-		Params: map[string]any{"multifd-channels": 2, "multifd-compression": "zstd"}},
+	{Name: "multifd-zstd", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"multifd": true}, Params: multifdZstd},
 	{Name: "xbzrle", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"xbzrle": true}},
 	{Name: "postcopy", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"postcopy-ram": true}, Postcopy: 2 * time.Second},
+	{Name: "free-page-hint", PluginArgs: []string{"enable=off"}, ExtraArgs: freePageHint},
 	{Name: "nasmig", PluginArgs: []string{"log=info"}},
-	{Name: "nasmig-multifd-zstd", PluginArgs: []string{"log=info"}, Caps: map[string]bool{"multifd": true},
-		Params: map[string]any{"multifd-channels": 2, "multifd-compression": "zstd"}},
+	{Name: "nasmig-multifd-zstd", PluginArgs: []string{"log=info"}, Caps: map[string]bool{"multifd": true}, Params: multifdZstd},
+	{Name: "nasmig-free-page-hint", PluginArgs: []string{"log=info"}, ExtraArgs: freePageHint},
 }
+
+// multifdZstd: four channels, as operators set it, compressed at zstd's
+// default level for multifd (1).
+var multifdZstd = map[string]any{"multifd-channels": 4, "multifd-compression": "zstd"}
+
+// freePageHint: a virtio-balloon that reports free guest pages during the
+// first pass, which the source then skips (needs an iothread).
+var freePageHint = []string{"-object", "iothread,id=fph", "-device", "virtio-balloon-pci,id=balloon0,free-page-hint=on,iothread=fph"}
 
 func modeByName(name string) (mode, bool) {
 	for _, m := range modes {
@@ -79,29 +92,72 @@ const unixProfile = "unix"
 
 // row is one migration's figures.
 type row struct {
-	Accel            string `json:"accel"`
-	Profile          string `json:"profile"` // unixProfile or a harness.NetProfiles name
-	Mode             string `json:"mode"`    // a name of modes
-	Run              int    `json:"run"`
-	GuestRAMMiB      int    `json:"guest_ram_mib"`
-	RequestedMiB     int    `json:"requested_page_cache_mib"` // nasmig.mib
-	PageCacheMiB     int    `json:"page_cache_mib"`           // cached-mib of the ready line
-	Status           string `json:"status"`                   // the source's final migration status
-	TransferredBytes int64  `json:"transferred_bytes"`        // ram.transferred
-	RefPages         int64  `json:"ref_pages"`                // disk-refs.ref-pages (source)
-	FetchedPages     int64  `json:"fetched_pages"`            // disk-refs.fetched-pages (destination)
-	FetchBytes       int64  `json:"fetch_bytes"`              // disk-refs.fetch-bytes (destination)
-	FetchReads       int64  `json:"fetch_reads"`              // disk-refs.fetch-reads (destination)
-	DirtySyncs       int64  `json:"dirty_syncs"`              // ram.dirty-sync-count (source)
-	SrcCPUms         int64  `json:"src_cpu_ms"`               // the source QEMU's CPU time during the migration
-	DstCPUms         int64  `json:"dst_cpu_ms"`               // the destination QEMU's, from migrate-incoming to completed
-	TotalTimeMs      int64  `json:"total_time_ms"`
-	DowntimeMs       int64  `json:"downtime_ms"`
-	RAMMatch         bool   `json:"ram_match"`
-	RAMDiff          string `json:"ram_diff,omitempty"`
-	Verify           string `json:"verify,omitempty"` // guest verify answer, with -verify
-	RunDir           string `json:"run_dir,omitempty"`
-	Error            string `json:"error,omitempty"`
+	Accel            string   `json:"accel"`
+	Profile          string   `json:"profile"` // unixProfile or a harness.NetProfiles name
+	Workload         string   `json:"workload"`
+	Mode             string   `json:"mode"` // a name of modes
+	Run              int      `json:"run"`
+	GuestRAMMiB      int      `json:"guest_ram_mib"`
+	RequestedMiB     int      `json:"requested_page_cache_mib"` // nasmig.mib
+	PageCacheMiB     int      `json:"page_cache_mib"`           // cached-mib of the ready line
+	Status           string   `json:"status"`                   // the source's final migration status
+	TransferredBytes int64    `json:"transferred_bytes"`        // ram.transferred
+	RefPages         int64    `json:"ref_pages"`                // disk-refs.ref-pages (source)
+	FetchedPages     int64    `json:"fetched_pages"`            // disk-refs.fetched-pages (destination)
+	FetchBytes       int64    `json:"fetch_bytes"`              // disk-refs.fetch-bytes (destination)
+	FetchReads       int64    `json:"fetch_reads"`              // disk-refs.fetch-reads (destination)
+	DirtySyncs       int64    `json:"dirty_syncs"`              // ram.dirty-sync-count (source)
+	OraclePages      int64    `json:"oracle_pages,omitempty"`   // guest pages identical to a disk block at migration start
+	Timeline         []sample `json:"timeline,omitempty"`       // link and fetched bytes every 100 ms
+	SrcCPUms         int64    `json:"src_cpu_ms"`               // the source QEMU's CPU time during the migration
+	DstCPUms         int64    `json:"dst_cpu_ms"`               // the destination QEMU's, from migrate-incoming to completed
+	TotalTimeMs      int64    `json:"total_time_ms"`
+	DowntimeMs       int64    `json:"downtime_ms"`
+	RAMMatch         bool     `json:"ram_match"`
+	RAMDiff          string   `json:"ram_diff,omitempty"`
+	Verify           string   `json:"verify,omitempty"` // guest verify answer, with -verify
+	outcome
+}
+
+// outcome is how a run ended: an error, and the run's folder when it was
+// kept (a failed run, or NASMIG_KEEP).
+type outcome struct {
+	RunDir string `json:"run_dir,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// benchRun is one run's folder and the bookkeeping of its outcome.
+type benchRun struct {
+	*harness.Run
+	out  *outcome
+	step func(string, ...any)
+	ok   bool // set when the run succeeded: its folder goes
+}
+
+func newBenchRun(env harness.Env, name string, out *outcome, step func(string, ...any)) (*benchRun, error) {
+	run, err := harness.NewRun(name, env.Keep, prefixWriter{os.Stderr, "    "})
+	if err != nil {
+		out.Error = err.Error()
+		return nil, err
+	}
+	out.RunDir = run.Dir
+	return &benchRun{Run: run, out: out, step: step}, nil
+}
+
+func (b *benchRun) fail(err error) {
+	b.out.Error = err.Error()
+	b.step("FAILED: %v (logs kept in %s)", err, b.Dir)
+}
+
+// close ends the run's processes and removes its folder unless the run
+// failed or NASMIG_KEEP asks to keep it.
+func (b *benchRun) close(keep string) {
+	if b.ok && keep == "" {
+		b.out.RunDir = "" // removed with the run
+	}
+	if err := b.Close(!b.ok); err != nil && b.out.Error == "" {
+		b.out.Error = err.Error()
+	}
 }
 
 type options struct {
@@ -114,6 +170,15 @@ type options struct {
 	profiles     []string
 	runs         int
 	out          string
+	fetchBench   bool
+	oracle       bool
+	workloads    []string
+	warmMemory   bool
+	warmBytes    int64  // memory touched before each run (0: none)
+	hostMemory   string // what was done about the machine's free page reporting
+	disk         string // the data disk image the guest reads
+	diskKind     string // synthetic or real
+	diskInfo     string // what the real disk holds, for the results
 }
 
 func main() {
@@ -124,9 +189,19 @@ func main() {
 	flag.BoolVar(&o.verify, "verify", false, "after each migration, let the guest check its files on the destination (slow under TCG: ~34 MiB/s)")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON on stdout (progress goes to stderr)")
 	modeList := flag.String("modes", "stock,nasmig", "comma-separated modes: "+modeNames())
+	workloadList := flag.String("workloads", "pagecache-read", "comma-separated guest workloads: pagecache-read, pagecache-write, "+
+		"mixed, mmap-write, memory-hot (256 MiB rewritten), idle, reader (a guest that keeps reading its disk)")
 	profileList := flag.String("profiles", unixProfile, "comma-separated networks: "+profileNames())
 	flag.IntVar(&o.runs, "runs", 1, "migrations per mode (figures are medians)")
-	flag.StringVar(&o.out, "out", "", "folder for results.md and results.csv (none: print only)")
+	flag.StringVar(&o.out, "out", "", "folder for results.md and results.csv, or fetch.md and fetch.csv (none: print only)")
+	flag.StringVar(&o.diskKind, "disk", "synthetic", "data disk: synthetic (random files, the e2e tests' disk) or real "+
+		"(the files of Debian packages, tests/guest/mkrealdisk.sh: real.raw beside the guest)")
+	flag.BoolVar(&o.warmMemory, "warm-memory", false, "on a machine that returns freed memory to its hypervisor (free page "+
+		"reporting), defer that for the run and touch memory before each migration, as on a host with physical memory")
+	flag.BoolVar(&o.oracle, "oracle", false, "after each migration with nasmig on, dump the paused source's RAM and count the pages "+
+		"byte-identical to a block of the disk (nasmig-inspect oracle): coverage = references / those pages")
+	flag.BoolVar(&o.fetchBench, "fetch-bench", false, "instead of migrations: the destination's fetch alone on each profile "+
+		"(a save restored over the storage link) beside a plain reader of the same export")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: nasmig-demo [flags]\n\n"+
 			"Migrates a guest whose page cache holds nasmig.mib MiB of the shared disk twice,\n"+
@@ -142,6 +217,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "nasmig-demo: -mem, -mib and -runs must be > 0, -max-bandwidth >= 0")
 		os.Exit(2)
 	}
+	if o.diskKind != "synthetic" && o.diskKind != "real" {
+		fmt.Fprintln(os.Stderr, "nasmig-demo: -disk is synthetic or real")
+		os.Exit(2)
+	}
 	for _, name := range strings.Split(*modeList, ",") {
 		m, ok := modeByName(strings.TrimSpace(name))
 		if !ok {
@@ -149,6 +228,9 @@ func main() {
 			os.Exit(2)
 		}
 		o.modes = append(o.modes, m)
+	}
+	for _, name := range strings.Split(*workloadList, ",") {
+		o.workloads = append(o.workloads, strings.TrimSpace(name))
 	}
 	for _, name := range strings.Split(*profileList, ",") {
 		name = strings.TrimSpace(name)
@@ -162,15 +244,25 @@ func main() {
 	if o.json {
 		say = os.Stderr
 	}
-	rows, err := demo(o, say)
-	if o.json {
+	rows, fetchRows, err := demo(o, say)
+	if o.fetchBench {
+		if len(fetchRows) > 0 {
+			fmt.Fprint(os.Stdout, "\n"+fetchSummary(o, fetchRows))
+		}
+		if o.out != "" && len(fetchRows) > 0 {
+			if werr := writeFetchResults(o, fetchRows); werr != nil {
+				fmt.Fprintln(os.Stderr, "nasmig-demo:", werr)
+				os.Exit(1)
+			}
+		}
+	} else if o.json {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		if encErr := enc.Encode(rows); encErr != nil {
 			fmt.Fprintln(os.Stderr, "nasmig-demo:", encErr)
 			os.Exit(1)
 		}
-	} else if len(rows) > 0 && o.runs == 1 && len(o.modes) == 2 && len(o.profiles) == 1 {
+	} else if len(rows) > 0 && o.runs == 1 && len(o.modes) == 2 && len(o.profiles) == 1 && len(o.workloads) == 1 {
 		printTable(os.Stdout, rows)
 	} else if len(rows) > 0 {
 		printSummary(os.Stdout, o, rows)
@@ -187,17 +279,17 @@ func main() {
 	}
 }
 
-func demo(o options, say io.Writer) ([]row, error) {
+func demo(o options, say io.Writer) ([]row, []fetchRow, error) {
 	step := func(format string, args ...any) { fmt.Fprintf(say, "==> "+format+"\n", args...) }
 	env := harness.EnvFromOS()
 	if reason := env.SkipReason(); reason != "" {
-		return nil, errors.New(reason)
+		return nil, nil, errors.New(reason)
 	}
 	if err := env.Check(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := os.Stat(env.PluginPath()); err != nil {
-		return nil, fmt.Errorf("libnasmig.so: %w", err)
+		return nil, nil, fmt.Errorf("libnasmig.so: %w", err)
 	}
 	// Ctrl-C ends the run through ctx, so that every deferred cleanup
 	// (QEMUs, storage daemon, network namespaces) still runs.
@@ -209,10 +301,20 @@ func demo(o options, say io.Writer) ([]row, error) {
 	probe.Log = prefixWriter{say, "    "}
 	accel, err := harness.ProbeAccel(ctx, probe)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
-	if dataMiB, err := diskDataMiB(ctx, env.DataImage(harness.FormatRaw)); err != nil {
+	o.disk = env.DataImage(harness.FormatRaw)
+	if o.diskKind == "real" {
+		o.disk = filepath.Join(env.Guest, "real.raw")
+		info, err := os.ReadFile(filepath.Join(env.Guest, "real.info"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("the real-files disk is not built (tests/guest/mkrealdisk.sh %s): %w", env.Guest, err)
+		}
+		o.diskInfo = realDiskInfo(string(info))
+		step("data disk of real files: %s", o.diskInfo)
+	}
+	if dataMiB, err := diskDataMiB(ctx, o.disk); err != nil {
 		step("cannot tell how much data the disk holds (%v); the guest reads up to %d MiB of what exists", err, o.mib)
 	} else if o.mib > dataMiB {
 		step("the data disk holds %d MiB of files: page cache capped at %d MiB (asked for %d)", dataMiB, dataMiB, o.mib)
@@ -224,134 +326,90 @@ func demo(o options, say io.Writer) ([]row, error) {
 	if o.maxBandwidth > 0 {
 		bandwidth = fmt.Sprintf("%d bytes/s (%.1f MiB/s)", o.maxBandwidth, float64(o.maxBandwidth)/(1<<20))
 	}
-	step("guest: %d MiB RAM, workload pagecache-read, nasmig.mib=%d; migration max-bandwidth %s; accelerator %s",
-		o.memMiB, o.mib, bandwidth, accel.Accel)
+	step("guest: %d MiB RAM, workloads %s, nasmig.mib=%d; migration max-bandwidth %s; accelerator %s",
+		o.memMiB, strings.Join(o.workloads, ","), o.mib, bandwidth, accel.Accel)
 
+	if o.warmMemory {
+		what, restore, err := deferPageReporting()
+		if err != nil {
+			return nil, nil, err
+		}
+		defer restore()
+		if what != "" {
+			o.hostMemory = what
+			// Both QEMUs' RAM, the page cache of the image's copy, the RAM
+			// dumps and files of the comparison, with room to spare.
+			o.warmBytes = min(int64(o.memMiB)<<22+4<<30, (memTotalMiB()-4096)<<20)
+			step("host memory: %s", what)
+		}
+	}
 	if slices.ContainsFunc(o.profiles, func(p string) bool { return p != unixProfile }) {
 		if err := removeStaleNetworks(ctx); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+	}
+	if o.fetchBench {
+		fetchRows, err := fetchBench(ctx, env, accel.Accel, o, say)
+		return nil, fetchRows, err
 	}
 	var rows []row
 	var failures []string
-	total := len(o.profiles) * len(o.modes) * o.runs
+	total := len(o.profiles) * len(o.workloads) * len(o.modes) * o.runs
 	started := time.Now()
 	for _, profile := range o.profiles {
-		for run := 1; run <= o.runs; run++ {
-			for _, m := range o.modes {
-				if ctx.Err() != nil {
-					return rows, ctx.Err()
-				}
-				n := len(rows) + 1
-				eta := "?"
-				if n > 1 {
-					eta = (time.Since(started) / time.Duration(n-1) * time.Duration(total-n+1)).Round(time.Second).String()
-				}
-				step("migration %d of %d: %s on %s, run %d of %d (elapsed %s, ETA %s)", n, total, m.Name, profile, run, o.runs,
-					time.Since(started).Round(time.Second), eta)
-				r := migrateOnce(ctx, env, accel.Accel, o, profile, m, step)
-				r.Run, r.Accel = run, accel.Accel
-				rows = append(rows, r)
-				if r.Error != "" {
-					failures = append(failures, profile+"/"+m.Name+": "+r.Error)
-				} else if !r.RAMMatch {
-					failures = append(failures, profile+"/"+m.Name+": guest RAM differs after migration")
+		for _, workload := range o.workloads {
+			for run := 1; run <= o.runs; run++ {
+				for _, m := range o.modes {
+					if ctx.Err() != nil {
+						return rows, nil, ctx.Err()
+					}
+					n := len(rows) + 1
+					eta := "?"
+					if n > 1 {
+						eta = (time.Since(started) / time.Duration(n-1) * time.Duration(total-n+1)).Round(time.Second).String()
+					}
+					step("migration %d of %d: %s, %s on %s, run %d of %d (elapsed %s, ETA %s)", n, total, m.Name, workload, profile,
+						run, o.runs, time.Since(started).Round(time.Second), eta)
+					r := migrateOnce(ctx, env, accel.Accel, o, profile, workload, m, step)
+					r.Run, r.Accel = run, accel.Accel
+					rows = append(rows, r)
+					cell := profile + "/" + workload + "/" + m.Name
+					if r.Error != "" {
+						failures = append(failures, cell+": "+r.Error)
+					} else if !r.RAMMatch {
+						failures = append(failures, cell+": guest RAM differs after migration")
+					}
 				}
 			}
 		}
 	}
 	if len(failures) > 0 {
-		return rows, errors.New(strings.Join(failures, "; "))
+		return rows, nil, errors.New(strings.Join(failures, "; "))
 	}
-	return rows, nil
+	return rows, nil, nil
 }
 
 // migrateOnce boots the guest on shared storage, migrates it and compares
 // RAM. Errors end up in the row.
-func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, profile string, m mode, step func(string, ...any)) (r row) {
-	r = row{Profile: profile, Mode: m.Name, GuestRAMMiB: o.memMiB, RequestedMiB: o.mib}
+func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, profile, workload string, m mode,
+	step func(string, ...any)) (r row) {
+	r = row{Profile: profile, Workload: workload, Mode: m.Name, GuestRAMMiB: o.memMiB, RequestedMiB: o.mib}
 	pluginArgs := m.PluginArgs
-	run, err := harness.NewRun("demo-"+m.Name, env.Keep, prefixWriter{os.Stderr, "    "})
+	run, err := newBenchRun(env, "demo-"+m.Name, &r.outcome, step)
 	if err != nil {
-		r.Error = err.Error()
 		return r
 	}
-	failed := true
-	defer func() {
-		if !failed && env.Keep == "" {
-			r.RunDir = "" // removed with the run
-		}
-		if err := run.Close(failed); err != nil && r.Error == "" {
-			r.Error = err.Error()
-		}
-	}()
-	r.RunDir = run.Dir
-	fail := func(err error) row {
-		r.Error = err.Error()
-		step("FAILED: %v (logs kept in %s)", err, run.Dir)
-		return r
-	}
+	defer run.close(env.Keep)
+	fail := func(err error) row { run.fail(err); return r }
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
 
-	step("copying the data disk (raw ext4) to a private image in %s", run.Dir)
-	image, err := run.CopyImage(ctx, env.DataImage(harness.FormatRaw), "data.raw")
+	g, err := startGuest(ctx, env, accel, o, profile, workload, pluginArgs, m.ExtraArgs, run.Run, step)
 	if err != nil {
 		return fail(err)
 	}
-	storageCfg := harness.StorageConfig{
-		Binary: env.StorageDaemonBinary(), Image: image, Format: harness.FormatRaw, CacheDirect: true,
-	}
-	var network *harness.Network
-	if prof, ok := harness.NetProfileByName(profile); ok {
-		network, err = harness.NewNetwork(ctx, fmt.Sprintf("%s%d", netnsPrefix, os.Getpid()), prof)
-		if err != nil {
-			return fail(err)
-		}
-		run.AddCleanup("network "+profile, network.Close)
-		step("network %s: migration link %s, storage links %s (namespaces %s, %s, %s; tc tbf on each sending device)",
-			profile, bitRate(prof.MigrationBits), bitRate(prof.StorageBits), network.Src, network.Dst, network.Storage)
-		storageCfg.NetNS, storageCfg.Listen = network.Storage, network.StorageAddr+":10809"
-	}
-	step("starting qemu-storage-daemon: the image's file node exported over NBD (cache.direct=on), shared by both QEMUs")
-	storage, err := run.StartStorage(ctx, storageCfg)
-	if err != nil {
-		return fail(err)
-	}
-
-	srcCfg := env.VMConfig("src", accel, o.memMiB, harness.GuestCmdline("pagecache-read", o.mib, true))
-	srcCfg.Disk = storage.Disk(harness.BusVirtio)
-	srcCfg.Plugin, srcCfg.PluginArgs = env.PluginPath(), pluginArgs
-	if network != nil {
-		srcCfg.NetNS = network.Src
-	}
-	step("starting the source QEMU with -plugin libnasmig.so,%s", strings.Join(pluginArgs, ","))
-	src, err := run.StartVM(ctx, srcCfg)
-	if err != nil {
-		return fail(err)
-	}
-	bootCtx, cancelBoot := context.WithTimeout(ctx, 2*time.Minute)
-	_, err = src.WaitLine(bootCtx, harness.LineBoot)
-	cancelBoot()
-	if err != nil {
-		return fail(fmt.Errorf("guest did not boot: %w", err))
-	}
-	step("guest booted; it now reads %d MiB of files from the shared disk into its page cache", o.mib)
-	readyCtx, cancelReady := context.WithTimeout(ctx, 10*time.Minute)
-	ready, err := src.WaitLineAfter(readyCtx, 0, harness.LineReady, harness.LineFail)
-	cancelReady()
-	if err != nil {
-		return fail(err)
-	}
-	if strings.HasPrefix(ready.Text, harness.LineFail) {
-		return fail(fmt.Errorf("guest gave up: %s", ready.Text))
-	}
-	r.PageCacheMiB = readyCachedMiB(ready.Text)
-	step("guest ready after %.1f s: page cache holds %d MiB", ready.At.Seconds(), r.PageCacheMiB)
-	if _, err := src.WaitLineAfter(ctx, ready.Index, harness.LineHeartbeat); err != nil {
-		return fail(err)
-	}
-
+	src, srcCfg, network := g.src, g.srcCfg, g.network
+	r.PageCacheMiB = g.pageCacheMiB
 	dstCfg := srcCfg
 	dstCfg.Name = "dst"
 	dstCfg.Incoming = true
@@ -376,6 +434,7 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		params[k] = v
 	}
 	srcCPU, dstCPU := cpuTime(src.PID()), cpuTime(dst.PID())
+	stopSampling := sampleTimeline(ctx, src, dst, &r.Timeline)
 	result, err := harness.Migrate(ctx, src, dst, harness.MigrateOpts{
 		Caps:               m.Caps,
 		Params:             params,
@@ -383,6 +442,7 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		Timeout:            20 * time.Minute,
 		StartPostcopyAfter: m.Postcopy,
 	})
+	stopSampling()
 	r.SrcCPUms = (cpuTime(src.PID()) - srcCPU).Milliseconds()
 	r.DstCPUms = (cpuTime(dst.PID()) - dstCPU).Milliseconds()
 	if result != nil {
@@ -423,6 +483,19 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 	}
 	step("%s", diff)
 
+	if o.oracle && !slices.Contains(m.PluginArgs, "enable=off") {
+		// On the paused source, after the timings (the dump must not change
+		// what memory the migration found): for a guest whose page cache
+		// sits still, what it held when the migration started.
+		n, err := oraclePages(ctx, env, run.Run, src, g.image)
+		if err != nil {
+			return fail(err)
+		}
+		r.OraclePages = n
+		step("oracle: %d guest pages (%s) are byte-identical to a 4 KiB block of the disk; coverage %d references / %d = %.1f%%",
+			n, humanBytes(n*4096), r.RefPages, n, 100*float64(r.RefPages)/float64(max(n, 1)))
+	}
+
 	step("resuming the guest on the destination")
 	lastBeat, _ := src.Heartbeat()
 	mark := dst.Serial.Mark()
@@ -448,8 +521,138 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		r.Verify = fmt.Sprintf("PASS (%d files)", checked)
 		step("verify: %s", r.Verify)
 	}
-	failed = false
+	run.ok = true
 	return r
+}
+
+// guest is a source QEMU booted on shared storage (on the profile's
+// network), its page cache filled, its heartbeat going.
+type guest struct {
+	image        string           // the data disk's private copy
+	network      *harness.Network // nil: unix sockets
+	storage      *harness.StorageDaemon
+	src          *harness.VM
+	srcCfg       harness.VMConfig
+	pageCacheMiB int
+}
+
+// startGuest copies the data disk, sets up the network, serves the image
+// over NBD and boots the source until its page cache is filled.
+func startGuest(ctx context.Context, env harness.Env, accel string, o options, profile, workload string, pluginArgs, extraArgs []string,
+	run *harness.Run, step func(string, ...any)) (*guest, error) {
+	if o.warmBytes > 0 {
+		step("touched %s of memory in %.1f s (see host memory)", humanBytes(o.warmBytes), warmMemory(o.warmBytes).Seconds())
+	}
+	step("copying the data disk (raw ext4) to a private image in %s", run.Dir)
+	image, err := run.CopyImage(ctx, o.disk, "data.raw")
+	if err != nil {
+		return nil, err
+	}
+	storageCfg := harness.StorageConfig{
+		Binary: env.StorageDaemonBinary(), Image: image, Format: harness.FormatRaw, CacheDirect: true,
+	}
+	var network *harness.Network
+	if prof, ok := harness.NetProfileByName(profile); ok {
+		network, err = harness.NewNetwork(ctx, fmt.Sprintf("%s%d", netnsPrefix, os.Getpid()), prof)
+		if err != nil {
+			return nil, err
+		}
+		run.AddCleanup("network "+profile, network.Close)
+		step("network %s: migration link %s, storage links %s (namespaces %s, %s, %s; tc tbf on each sending device)",
+			profile, bitRate(prof.MigrationBits), bitRate(prof.StorageBits), network.Src, network.Dst, network.Storage)
+		storageCfg.NetNS, storageCfg.Listen = network.Storage, network.StorageAddr+":10809"
+	}
+	step("starting qemu-storage-daemon: the image's file node exported over NBD (cache.direct=on), shared by both QEMUs")
+	storage, err := run.StartStorage(ctx, storageCfg)
+	if err != nil {
+		return nil, err
+	}
+
+	mib := o.mib
+	if workload == "idle" || workload == "memory-hot" {
+		mib = -1 // the workload's default: idle reads nothing, memory-hot rewrites 256 MiB
+	}
+	cmdline := harness.GuestCmdline(workload, mib, true)
+	if mib < 0 {
+		cmdline = strings.Replace(cmdline, " nasmig.mib=-1", "", 1)
+	}
+	srcCfg := env.VMConfig("src", accel, o.memMiB, cmdline)
+	srcCfg.Disk = storage.Disk(harness.BusVirtio)
+	srcCfg.Plugin, srcCfg.PluginArgs = env.PluginPath(), pluginArgs
+	srcCfg.ExtraArgs = append(srcCfg.ExtraArgs, extraArgs...)
+	if network != nil {
+		srcCfg.NetNS = network.Src
+	}
+	step("starting the source QEMU with -plugin libnasmig.so,%s", strings.Join(pluginArgs, ","))
+	src, err := run.StartVM(ctx, srcCfg)
+	if err != nil {
+		return nil, err
+	}
+	bootCtx, cancelBoot := context.WithTimeout(ctx, 2*time.Minute)
+	_, err = src.WaitLine(bootCtx, harness.LineBoot)
+	cancelBoot()
+	if err != nil {
+		return nil, fmt.Errorf("guest did not boot: %w", err)
+	}
+	step("guest booted; workload %s (nasmig.mib=%d) sets up", workload, mib)
+	readyCtx, cancelReady := context.WithTimeout(ctx, 10*time.Minute)
+	ready, err := src.WaitLineAfter(readyCtx, 0, harness.LineReady, harness.LineFail)
+	cancelReady()
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(ready.Text, harness.LineFail) {
+		return nil, fmt.Errorf("guest gave up: %s", ready.Text)
+	}
+	cached := readyCachedMiB(ready.Text)
+	step("guest ready after %.1f s: page cache holds %d MiB", ready.At.Seconds(), cached)
+	if _, err := src.WaitLineAfter(ctx, ready.Index, harness.LineHeartbeat); err != nil {
+		return nil, err
+	}
+	return &guest{image: image, network: network, storage: storage, src: src, srcCfg: srcCfg, pageCacheMiB: cached}, nil
+}
+
+// oraclePages dumps the guest's RAM and counts the pages byte-identical
+// to a 4 KiB block of the image (nasmig-inspect oracle): what references
+// could cover at best.
+func oraclePages(ctx context.Context, env harness.Env, run *harness.Run, vm *harness.VM, image string) (int64, error) {
+	dump := run.Path("oracle.elf")
+	run.Scratch(dump)
+	defer os.Remove(dump)
+	if _, err := vm.QMP.Execute(ctx, "dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + dump}); err != nil {
+		return 0, fmt.Errorf("dump guest RAM for the oracle: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(env.Out, "nasmig-inspect"), "oracle", "--ram", dump, "--disk", image, "--json").Output()
+	if err != nil {
+		return 0, fmt.Errorf("nasmig-inspect oracle: %w", err)
+	}
+	var report struct {
+		Identical int64 `json:"identical"`
+	}
+	if err := json.Unmarshal(out, &report); err != nil {
+		return 0, fmt.Errorf("nasmig-inspect oracle: %w", err)
+	}
+	return report.Identical, nil
+}
+
+func (o options) diskDescription() string {
+	if o.diskKind == "real" {
+		return o.diskInfo
+	}
+	return "synthetic (random file content: no compressor gains on it)"
+}
+
+// realDiskInfo summarises real.info (mkrealdisk.sh): files, MiB and the
+// zstd -1 ratio of their content.
+func realDiskInfo(info string) string {
+	kv := map[string]string{}
+	for _, line := range strings.Split(info, "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok {
+			kv[k] = v
+		}
+	}
+	bytes, _ := strconv.ParseInt(kv["bytes"], 10, 64)
+	return fmt.Sprintf("%s files of Debian packages, %d MiB, zstd -1 compresses them %sx", kv["files"], bytes>>20, kv["zstd1-ratio"])
 }
 
 // readyCachedMiB reads cached-mib=N from the ready line.
@@ -627,15 +830,24 @@ func modeNames() string {
 
 // median of the figure over the runs of one mode on one network that
 // completed with identical RAM.
-func median(rows []row, profile, mode string, figure func(row) int64) (int64, int) {
-	var v []int64
+func median(rows []row, profile, workload, mode string, figure func(row) int64) (int64, int) {
+	return medianOf(rows, func(r row) bool {
+		return r.Profile == profile && r.Workload == workload && r.Mode == mode && r.Error == "" && r.RAMMatch
+	}, figure)
+}
+
+// medianOf is the median of figure over the rows keep takes, and their
+// number (the upper median of an even number).
+func medianOf[R any, V cmp.Ordered](rows []R, keep func(R) bool, figure func(R) V) (V, int) {
+	var v []V
 	for _, r := range rows {
-		if r.Profile == profile && r.Mode == mode && r.Error == "" && r.RAMMatch {
+		if keep(r) {
 			v = append(v, figure(r))
 		}
 	}
 	if len(v) == 0 {
-		return 0, 0
+		var zero V
+		return zero, 0
 	}
 	slices.Sort(v)
 	return v[len(v)/2], len(v)
@@ -645,35 +857,51 @@ func median(rows []row, profile, mode string, figure func(row) int64) (int64, in
 // mode, and ratios to stock pre-copy on the same network in the same run.
 func summaryTable(o options, rows []row) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "| network | mode | runs ok | total ms | vs stock | downtime ms | MiB on the link | vs stock "+
-		"| references | MiB fetched | mean read KiB | dirty syncs | source CPU s | dest. CPU s |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| network | workload | mode | runs ok | total ms | vs stock | downtime ms | MiB on the link | vs stock "+
+		"| references | coverage | MiB fetched | mean read KiB | dirty syncs | source CPU s | dest. CPU s |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ratio := func(v, base int64) string {
 		if base == 0 {
 			return "-"
 		}
 		return fmt.Sprintf("%.2fx", float64(v)/float64(base))
 	}
-	for _, p := range o.profiles {
-		baseTime, _ := median(rows, p, "stock", func(r row) int64 { return r.TotalTimeMs })
-		baseBytes, _ := median(rows, p, "stock", func(r row) int64 { return r.TransferredBytes })
+	for _, cell := range o.cells() {
+		p, w := cell[0], cell[1]
+		baseTime, _ := median(rows, p, w, "stock", func(r row) int64 { return r.TotalTimeMs })
+		baseBytes, _ := median(rows, p, w, "stock", func(r row) int64 { return r.TransferredBytes })
 		for _, m := range o.modes {
-			med := func(figure func(row) int64) int64 { v, _ := median(rows, p, m.Name, figure); return v }
-			t, n := median(rows, p, m.Name, func(r row) int64 { return r.TotalTimeMs })
+			med := func(figure func(row) int64) int64 { v, _ := median(rows, p, w, m.Name, figure); return v }
+			t, n := median(rows, p, w, m.Name, func(r row) int64 { return r.TotalTimeMs })
 			by := med(func(r row) int64 { return r.TransferredBytes })
 			fetchBytes := med(func(r row) int64 { return r.FetchBytes })
 			meanRead := "-"
 			if reads := med(func(r row) int64 { return r.FetchReads }); reads > 0 {
 				meanRead = fmt.Sprintf("%d", fetchBytes/reads>>10)
 			}
-			fmt.Fprintf(&b, "| %s | %s | %d of %d | %d | %s | %d | %.1f | %s | %d | %.1f | %s | %d | %.1f | %.1f |\n",
-				p, m.Name, n, o.runs, t, ratio(t, baseTime), med(func(r row) int64 { return r.DowntimeMs }),
-				float64(by)/(1<<20), ratio(by, baseBytes), med(func(r row) int64 { return r.RefPages }),
+			coverage := "-"
+			if oracle := med(func(r row) int64 { return r.OraclePages }); oracle > 0 {
+				coverage = fmt.Sprintf("%.1f%%", 100*float64(med(func(r row) int64 { return r.RefPages }))/float64(oracle))
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %d of %d | %d | %s | %d | %.1f | %s | %d | %s | %.1f | %s | %d | %.1f | %.1f |\n",
+				p, w, m.Name, n, o.runs, t, ratio(t, baseTime), med(func(r row) int64 { return r.DowntimeMs }),
+				float64(by)/(1<<20), ratio(by, baseBytes), med(func(r row) int64 { return r.RefPages }), coverage,
 				float64(fetchBytes)/(1<<20), meanRead, med(func(r row) int64 { return r.DirtySyncs }),
 				float64(med(func(r row) int64 { return r.SrcCPUms }))/1000, float64(med(func(r row) int64 { return r.DstCPUms }))/1000)
 		}
 	}
 	return b.String()
+}
+
+// cells are the (network, workload) pairs in the order they ran.
+func (o options) cells() [][2]string {
+	var out [][2]string
+	for _, p := range o.profiles {
+		for _, w := range o.workloads {
+			out = append(out, [2]string{p, w})
+		}
+	}
+	return out
 }
 
 func printSummary(w io.Writer, o options, rows []row) {
@@ -686,6 +914,10 @@ func printSummary(w io.Writer, o options, rows []row) {
 		host, runtime.NumCPU(), rows[0].Accel, strings.Join(os.Args, " "))
 	fmt.Fprintf(w, "medians of %d runs; guest %d MiB RAM, page cache %d MiB requested; max-bandwidth %s; RAM compared byte for byte after every run\n",
 		o.runs, o.memMiB, o.mib, bw)
+	fmt.Fprintf(w, "data disk: %s\n", o.diskDescription())
+	if o.hostMemory != "" {
+		fmt.Fprintf(w, "host memory: %s\n", o.hostMemory)
+	}
 	for _, p := range o.profiles {
 		if prof, ok := harness.NetProfileByName(p); ok {
 			fmt.Fprintf(w, "network %s: migration link %s (TCP), storage links %s (NBD over TCP), tc tbf on each sending device\n",
@@ -698,7 +930,7 @@ func printSummary(w io.Writer, o options, rows []row) {
 	fmt.Fprint(w, summaryTable(o, rows))
 	for _, r := range rows {
 		if r.Error != "" {
-			fmt.Fprintf(w, "%s/%s run %d: ERROR %s (logs in %s)\n", r.Profile, r.Mode, r.Run, r.Error, r.RunDir)
+			fmt.Fprintf(w, "%s/%s/%s run %d: ERROR %s (logs in %s)\n", r.Profile, r.Workload, r.Mode, r.Run, r.Error, r.RunDir)
 		}
 	}
 }
@@ -710,21 +942,37 @@ func writeResults(o options, rows []row) error {
 	}
 	var md strings.Builder
 	printSummary(&md, o, rows)
+	plots, err := writePlots(o.out, o, rows)
+	if err != nil {
+		return err
+	}
+	slices.Sort(plots)
+	fmt.Fprintf(&md, "\nplots: %s\n", strings.Join(plots, ", "))
 	if err := os.WriteFile(filepath.Join(o.out, "results.md"), []byte(md.String()), 0o644); err != nil {
 		return err
 	}
-	f, err := os.Create(filepath.Join(o.out, "results.csv"))
+	header := []string{"profile", "workload", "mode", "run", "status", "total_ms", "downtime_ms", "transferred_bytes", "ref_pages",
+		"fetched_pages", "fetch_bytes", "fetch_reads", "dirty_syncs", "src_cpu_ms", "dst_cpu_ms", "page_cache_mib", "oracle_pages",
+		"ram_match", "error"}
+	i64 := func(v int64) string { return strconv.FormatInt(v, 10) }
+	return writeCSV(filepath.Join(o.out, "results.csv"), header, rows, func(r row) []string {
+		return []string{r.Profile, r.Workload, r.Mode, strconv.Itoa(r.Run), r.Status, i64(r.TotalTimeMs), i64(r.DowntimeMs),
+			i64(r.TransferredBytes), i64(r.RefPages), i64(r.FetchedPages), i64(r.FetchBytes), i64(r.FetchReads),
+			i64(r.DirtySyncs), i64(r.SrcCPUms), i64(r.DstCPUms), strconv.Itoa(r.PageCacheMiB), i64(r.OraclePages),
+			strconv.FormatBool(r.RAMMatch), r.Error}
+	})
+}
+
+// writeCSV writes a header and one record per row to path.
+func writeCSV[R any](path string, header []string, rows []R, record func(R) []string) error {
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	w := csv.NewWriter(f)
-	w.Write([]string{"profile", "mode", "run", "status", "total_ms", "downtime_ms", "transferred_bytes", "ref_pages", "fetched_pages",
-		"fetch_bytes", "fetch_reads", "dirty_syncs", "src_cpu_ms", "dst_cpu_ms", "page_cache_mib", "ram_match", "error"})
-	i64 := func(v int64) string { return strconv.FormatInt(v, 10) }
+	w.Write(header)
 	for _, r := range rows {
-		w.Write([]string{r.Profile, r.Mode, strconv.Itoa(r.Run), r.Status, i64(r.TotalTimeMs), i64(r.DowntimeMs),
-			i64(r.TransferredBytes), i64(r.RefPages), i64(r.FetchedPages), i64(r.FetchBytes), i64(r.FetchReads),
-			i64(r.DirtySyncs), i64(r.SrcCPUms), i64(r.DstCPUms), strconv.Itoa(r.PageCacheMiB), strconv.FormatBool(r.RAMMatch), r.Error})
+		w.Write(record(r))
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {

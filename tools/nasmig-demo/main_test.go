@@ -1,0 +1,69 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestRealDiskInfo(t *testing.T) {
+	got := realDiskInfo("files 41234\nbytes 1503238553\nzstd1-bytes 501079517\nzstd1-ratio 3.00\ndisk-mib 1920\npackages gcc-12=12.2.0-14\n")
+	want := "41234 files of Debian packages, 1433 MiB, zstd -1 compresses them 3.00x"
+	if got != want {
+		t.Fatalf("realDiskInfo = %q, want %q", got, want)
+	}
+}
+
+func TestBenchDoneParsesQemuImgBench(t *testing.T) {
+	out := []byte("Sending 1237 read requests, 1048576 bytes each, 16 in parallel (starting at offset 0, step size 1048576)\nRun completed in 0.983 seconds.\n")
+	m := benchDone.FindSubmatch(out)
+	if m == nil || string(m[1]) != "0.983" {
+		t.Fatalf("benchDone on %q: %q", out, m)
+	}
+}
+
+// The summary and the plots take medians per network, workload and mode,
+// and ratios to stock pre-copy of the same network and workload.
+func TestSummaryAndPlots(t *testing.T) {
+	o := options{profiles: []string{"fast-storage"}, workloads: []string{"pagecache-read", "idle"}, runs: 3}
+	for _, name := range []string{"stock", "nasmig"} {
+		m, _ := modeByName(name)
+		o.modes = append(o.modes, m)
+	}
+	var rows []row
+	add := func(w, m string, total, bytes int64) {
+		var fetched int64
+		if m == "nasmig" {
+			fetched = 2 << 20
+		}
+		rows = append(rows, row{Profile: "fast-storage", Workload: w, Mode: m, TotalTimeMs: total, TransferredBytes: bytes, RAMMatch: true,
+			FetchBytes: fetched,
+			Timeline:   []sample{{Ms: 0}, {Ms: 100, LinkBytes: bytes / 2, FetchBytes: 1 << 20}, {Ms: 200, LinkBytes: bytes, FetchBytes: 2 << 20}}})
+	}
+	for _, total := range []int64{1000, 1200, 9000} { // median 1200
+		add("pagecache-read", "stock", total, 1000<<20)
+	}
+	for _, total := range []int64{300, 600, 400} { // median 400
+		add("pagecache-read", "nasmig", total, 100<<20)
+	}
+	add("idle", "stock", 500, 50<<20)
+	rows = append(rows, row{Profile: "fast-storage", Workload: "idle", Mode: "nasmig", TotalTimeMs: 1, outcome: outcome{Error: "boom"}})
+
+	table := summaryTable(o, rows)
+	for _, want := range []string{
+		"| fast-storage | pagecache-read | stock | 3 of 3 | 1200 | 1.00x |",
+		"| fast-storage | pagecache-read | nasmig | 3 of 3 | 400 | 0.33x |",
+		"| fast-storage | idle | nasmig | 0 of 3 | 0 | 0.00x |",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("summary lacks %q:\n%s", want, table)
+		}
+	}
+	bars := barChart("t", "ms", o, rows, func(r row) int64 { return r.TotalTimeMs }, 1)
+	if strings.Count(bars, "<rect x=") != 3 || !strings.Contains(bars, "400.0 ms") || strings.Contains(bars, "idle / nasmig") {
+		t.Errorf("bar chart: want 3 bars (the failed cell left out), 400 ms among them:\n%s", bars)
+	}
+	tl := timelineChart(o, rows, "fast-storage", "pagecache-read")
+	if strings.Count(tl, "<polyline") != 3 { // stock link, nasmig link and fetched
+		t.Errorf("timeline: want 3 lines:\n%s", tl)
+	}
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"nasmig/tests/harness"
+)
+
+// sample is one point of a migration's timeline.
+type sample struct {
+	Ms         int64 `json:"ms"`          // since the sampling started (just before migrate)
+	LinkBytes  int64 `json:"link_bytes"`  // the source's ram.transferred
+	FetchBytes int64 `json:"fetch_bytes"` // the destination's disk-refs.fetch-bytes
+}
+
+// sampleTimeline polls both sides' query-migrate every 100 ms into out
+// until the returned stop is called (which waits for the poller).
+func sampleTimeline(ctx context.Context, src, dst *harness.VM, out *[]sample) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t0 := time.Now()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		var last sample
+		for {
+			s := sample{Ms: time.Since(t0).Milliseconds(), LinkBytes: last.LinkBytes, FetchBytes: last.FetchBytes}
+			if info, err := harness.QueryMigrate(ctx, src); err == nil && info.RAM != nil {
+				s.LinkBytes = info.RAM.Transferred
+			}
+			if info, err := harness.QueryMigrate(ctx, dst); err == nil && info.DiskRefs != nil {
+				s.FetchBytes = info.DiskRefs.FetchBytes
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			*out = append(*out, s)
+			last = s
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
