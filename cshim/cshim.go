@@ -34,6 +34,10 @@ const (
 	RPError          = C.NASMIG_RP_ERROR
 	RPResend         = C.NASMIG_RP_RESEND
 	RPDiskOff        = C.NASMIG_RP_DISK_OFF
+	RPSendFull       = C.NASMIG_RP_SEND_FULL
+	HoldExpired      = C.NASMIG_HOLD_EXPIRED
+	HoldWait         = C.NASMIG_HOLD_WAIT
+	HoldSend         = C.NASMIG_HOLD_SEND
 	RPMaxBytes       = C.NASMIG_RP_MAX_BYTES
 	DestDiskRefused  = C.NASMIG_DEST_DISK_REFUSED
 	FinishReqBarrier = C.NASMIG_FINISH_REQ_BARRIER

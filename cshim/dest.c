@@ -338,6 +338,24 @@ int nasmig_fail_page(const struct nasmig_fetch_req *r)
            old == nasmig_fill_word(r->gen, NASMIG_FILL_FAILED);
 }
 
+/*
+ * Which references still wait for a fill (pending, this generation): a
+ * page that came in full since has moved on.  out[i] = 1 for those.
+ */
+void nasmig_refs_pending(const struct nasmig_fetch_req *reqs, unsigned n,
+                         uint8_t *out)
+{
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        const uint32_t *st = LOAD_ACQ(&nasmig_g.rb[reqs[i].ramblock].dest_state);
+        uint32_t w = st ? LOAD_ACQ(&st[reqs[i].page]) : 0;
+
+        out[i] = st && nasmig_fill_gen(w) == reqs[i].gen &&
+                 nasmig_fill_state(w) == NASMIG_FILL_PENDING;
+    }
+}
+
 /* Gives up on a failed page (the migration fails): stops waiting for it. */
 void nasmig_abandon_page(const struct nasmig_fetch_req *r)
 {

@@ -51,6 +51,15 @@ func FillVerify(reqs []FetchReq, buf *CBuf, offs []uint64, results []uint8) {
 // record already replaced it.
 func FailPage(r *FetchReq) bool { return C.nasmig_fail_page((*C.struct_nasmig_fetch_req)(r)) != 0 }
 
+// RefsPending sets pending[i] for the references that still wait for a
+// fill: a page that came in full since has moved on.
+func RefsPending(reqs []FetchReq, pending []uint8) {
+	if len(reqs) == 0 {
+		return
+	}
+	C.nasmig_refs_pending((*C.struct_nasmig_fetch_req)(&reqs[0]), C.uint(len(reqs)), (*C.uint8_t)(unsafe.Pointer(&pending[0])))
+}
+
 // AbandonPage stops waiting for a failed page (the migration will fail).
 func AbandonPage(r *FetchReq) { C.nasmig_abandon_page((*C.struct_nasmig_fetch_req)(r)) }
 

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 6
+#define NASMIG_ABI_VERSION 7
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
@@ -100,7 +100,20 @@ extern "C" {
 /* u8 source disk index: the destination cannot read this disk; stop
  * offering references to it in this migration. */
 #define NASMIG_RP_DISK_OFF 4
+/*
+ * The destination's fetch is behind the migration link: send the pages
+ * still mapped to these blocks in full, once (the link carries what the
+ * storage would take longer to deliver; the destination has taken them
+ * off its fetch).  u8 source disk index | be64 disk offset of the first
+ * block | be32 number of blocks.  The mapping stays.
+ */
+#define NASMIG_RP_SEND_FULL 5
 #define NASMIG_RP_MAX_BYTES 512
+
+/* Answers of nasmig_lib.switchover_hold. */
+#define NASMIG_HOLD_EXPIRED 0
+#define NASMIG_HOLD_WAIT 1
+#define NASMIG_HOLD_SEND 2
 
 /* Destination disk handle of a source disk this side cannot read. */
 #define NASMIG_DEST_DISK_REFUSED (-2)
@@ -251,6 +264,10 @@ struct nasmig_stats {
                                * after its final flush verified */
     uint64_t fetch_time_ns;   /* wall time from first reference to last fill */
     uint64_t pending_pages;   /* fills not finished yet (destination) */
+    uint64_t sent_full;       /* mapped pages sent in full because the
+                               * destination asked (NASMIG_RP_SEND_FULL) */
+    uint64_t handed_back;     /* references the destination's fetch handed
+                               * back to the link (NASMIG_RP_SEND_FULL) */
 };
 
 /* The library's entry points, filled in by nasmig_register. */
@@ -354,12 +371,15 @@ struct nasmig_lib {
 
     /*
      * Source, migration thread, NASMIG_MODE_LIVE: little is left to send
-     * but the destination has not approved the switchover.  Returns 1 to
-     * hold on (QEMU then sends nothing and waits up to NASMIG_HOLD_POLL_MS
-     * for the approval before it asks again), 0 once the hold has lasted
-     * the library's bound (hold-max): references stop for the rest of this
-     * migration and the switchover may happen; the fetch still pending then
-     * joins the downtime.
+     * but the destination has not approved the switchover.  Returns
+     * NASMIG_HOLD_WAIT to hold on (QEMU then sends nothing and waits up to
+     * NASMIG_HOLD_POLL_MS for the approval, or for any message of the
+     * destination, before it asks again); NASMIG_HOLD_SEND when the
+     * destination asked for pages in full (NASMIG_RP_SEND_FULL): QEMU
+     * sends what is dirty now, then asks again; NASMIG_HOLD_EXPIRED once
+     * the hold has lasted the library's bound (hold-max): references stop
+     * for the rest of this migration and the switchover may happen; the
+     * fetch still pending then joins the downtime.
      */
     int (*switchover_hold)(void);
 

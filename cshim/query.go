@@ -27,3 +27,19 @@ func SetDiskOff(disk int, off bool) {
 		C.nasmig_set_disk_off(C.int(disk), cbool(off))
 	}
 }
+
+// SendFull marks the pages still mapped to count blocks of disk from block
+// first to go once in full (and dirty); it returns how many it marked.
+func SendFull(disk int, first, count uint64) uint64 {
+	if disk < 0 || disk >= MaxDisks {
+		return 0
+	}
+	return uint64(C.nasmig_send_full(C.uint(disk), C.uint64_t(first), C.uint64_t(count)))
+}
+
+// SendFullReset forgets, after a migration, what the destination asked for.
+func SendFullReset() { C.nasmig_send_full_reset() }
+
+// SendFullOutstanding is the number of pages marked to go in full that
+// have not gone yet.
+func SendFullOutstanding() int64 { return int64(C.nasmig_send_full_outstanding()) }

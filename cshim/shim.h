@@ -56,6 +56,9 @@ struct nasmig_rb_info {
     uint64_t npages;
     uint64_t *forward;     /* npages words */
     uint32_t *dest_state;  /* destination fill state per page, lazily */
+    /* source: pages the destination asked for in full (NASMIG_RP_SEND_FULL)
+     * in this migration, one bit a page, lazily */
+    uint64_t *send_full;
 };
 
 struct nasmig_disk_info {
@@ -168,6 +171,8 @@ struct nasmig_shared {
     int dest_track_map[NASMIG_MAX_DISKS];
     /* source: the destination cannot read these disks (this migration) */
     int disk_off[NASMIG_MAX_DISKS];
+    /* source: pages marked to go in full (send_full bits) not sent yet */
+    int64_t send_full_outstanding;
     int finish_req;     /* NASMIG_FINISH_REQ_* bits */
     int finish_state;   /* enum nasmig_finish_state */
     int barrier_done;
@@ -320,6 +325,11 @@ void nasmig_kick_waiter(void);
 
 /* Calls through the host table (so Go can call function pointers). */
 void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len);
+uint64_t nasmig_send_full(unsigned disk, uint64_t first, uint64_t count);
+void nasmig_refs_pending(const struct nasmig_fetch_req *reqs, unsigned n,
+                         uint8_t *out);
+void nasmig_send_full_reset(void);
+int64_t nasmig_send_full_outstanding(void);
 void nasmig_call_mark_dirty_pages(const uint32_t *rbs, const uint64_t *pages,
                                   unsigned n);
 int nasmig_call_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,

@@ -176,6 +176,7 @@ func AddFetchBytes(v uint64) { statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.f
 func AddVerifyFailures(v uint64) {
 	statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.verify_failures), v)
 }
+func AddHandedBack(v uint64) { statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.handed_back), v) }
 func AddFallbacks(v uint64)  { statAdd(unsafe.Offsetof(C.struct_nasmig_stats{}.fallbacks), v) }
 func SetFetchTime(ns uint64) { C.nasmig_set_fetch_time(C.uint64_t(ns)) }
 
@@ -205,6 +206,8 @@ func (s *Stats) Map() map[string]uint64 {
 func (s *Stats) MappedPages() uint64    { return uint64(s.mapped_pages) }
 func (s *Stats) RefPages() uint64       { return uint64(s.ref_pages) }
 func (s *Stats) RefMisses() uint64      { return uint64(s.ref_misses) }
+func (s *Stats) SentFull() uint64       { return uint64(s.sent_full) }
+func (s *Stats) HandedBack() uint64     { return uint64(s.handed_back) }
 func (s *Stats) RingDrops() uint64      { return uint64(s.ring_drops) }
 func (s *Stats) Invalidations() uint64  { return uint64(s.invalidations) }
 func (s *Stats) FetchedPages() uint64   { return uint64(s.fetched_pages) }

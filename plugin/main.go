@@ -54,6 +54,13 @@ var lib struct {
 	// held), and whether it ran out (hold-max).
 	holdStart   time.Time
 	holdExpired bool
+	// Source: the destination's fetch asked for pages in full
+	// (sendFullAsked blocks in this migration); the hold lets QEMU send
+	// them while that makes progress: sendFullAskedSeen and sendFullLeft
+	// are what the last answer saw.
+	sendFullAsked     uint64
+	sendFullAskedSeen uint64
+	sendFullLeft      int64
 }
 
 func cError(buf *C.char, n C.size_t, msg string) {
@@ -189,6 +196,8 @@ func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.in
 	cshim.SetMigKey(cshim.ExpandKey(s.KeySeed))
 	cshim.StatsReset()
 	lib.holdStart, lib.holdExpired = time.Time{}, false
+	lib.sendFullAsked, lib.sendFullAskedSeen, lib.sendFullLeft = 0, 0, 0
+	cshim.SendFullReset()
 	// Only disks the destination hears of now may be referenced: one whose
 	// first read comes later is sent in full for this migration.
 	announced := map[int]bool{}
@@ -226,6 +235,13 @@ func nasmigSourceMessage(buf *C.uint8_t, length C.size_t) {
 			cshim.MarkDirty(rb, m.RAMOffset, cshim.PageSize)
 		}
 		lib.log.Info().Str("ramblock", m.RAMBlock).Uint64("ram_offset", m.RAMOffset).Uint64("disk_offset", m.DiskOffset).Msg("the destination asked for a page in full")
+	case cshim.RPSendFull:
+		n := cshim.SendFull(int(m.Disk), m.DiskOffset>>cshim.PageShift, uint64(m.Blocks))
+		lib.mu.Lock()
+		lib.sendFullAsked += uint64(m.Blocks)
+		lib.mu.Unlock()
+		lib.log.Debug().Uint8("disk", m.Disk).Uint64("disk_offset", m.DiskOffset).Uint32("blocks", m.Blocks).Uint64("marked", n).
+			Msg("the destination's fetch is behind: pages go in full")
 	}
 }
 
@@ -318,7 +334,18 @@ func nasmigSwitchoverHold() C.int {
 	}
 	held := time.Since(lib.holdStart)
 	if lib.cfg.HoldMax == 0 || held < lib.cfg.HoldMax {
-		return 1
+		// Pages the destination handed back wait to be sent: send while
+		// that makes progress (new pages asked for, or fewer left than at
+		// the last answer); a marked page QEMU sends without asking (a
+		// zero page) never clears its mark, and must not keep the thread
+		// from waiting.
+		out := cshim.SendFullOutstanding()
+		progress := out > 0 && (lib.sendFullAsked != lib.sendFullAskedSeen || out < lib.sendFullLeft)
+		lib.sendFullAskedSeen, lib.sendFullLeft = lib.sendFullAsked, out
+		if progress {
+			return cshim.HoldSend
+		}
+		return cshim.HoldWait
 	}
 	// No new reference from now on: the fetch backlog can only shrink.
 	lib.holdExpired = true
@@ -328,7 +355,7 @@ func nasmigSwitchoverHold() C.int {
 	st := cshim.StatsSnapshot()
 	lib.log.Warn().Dur("held", held).Dur("hold_max", lib.cfg.HoldMax).Uint64("ref_pages", st.RefPages()).
 		Msg("the destination's fetch did not catch up within hold-max: no more references in this migration; the fetch left joins the downtime")
-	return 0
+	return cshim.HoldExpired
 }
 
 //export nasmigSourceCleanup
@@ -340,7 +367,11 @@ func nasmigSourceCleanup(failed C.int) {
 	if !lib.holdStart.IsZero() {
 		ev = ev.Bool("switchover_held", true).Bool("hold_max_reached", lib.holdExpired)
 	}
+	if lib.sendFullAsked > 0 {
+		ev = ev.Uint64("sent_full_asked_blocks", lib.sendFullAsked).Uint64("sent_full", st.SentFull())
+	}
 	lib.mu.Unlock()
+	cshim.SendFullReset()
 	withFaults(ev).Msg("outgoing migration ended")
 }
 
@@ -389,7 +420,7 @@ func nasmigDestSetup(buf *C.uint8_t, length C.uint32_t) C.int {
 	for _, d := range s.Disks {
 		names[uint32(d.Index)] = d.Filename
 	}
-	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] }, hold)
+	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] }, hold, lib.cfg.HandBack)
 	if err != nil {
 		cshim.SetErr(err.Error())
 		return -C.EIO
@@ -421,6 +452,10 @@ func nasmigDestCleanup(failed C.int) {
 	}
 	if !t.FirstApproval.IsZero() && !t.FinishSeen.IsZero() {
 		ev = ev.Dur("caught_up_to_gate", t.FinishSeen.Sub(t.FirstApproval))
+	}
+	if st.HandedBack() > 0 {
+		ev = ev.Uint64("handed_back", st.HandedBack()).Uint64("handed_back_came_in_full", t.HandBackArrived).
+			Int("handed_back_fetched_after_all", t.HandBackFetched)
 	}
 	withFaults(ev).Msg("incoming migration ended")
 }

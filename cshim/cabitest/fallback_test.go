@@ -20,14 +20,15 @@ import (
 // loader sets it up: a RAM block, a shared disk image in C memory served by
 // the test host's read_disk, and the fetcher running.
 type destination struct {
-	rb        int
+	rb, track int // RAM block handle, this side's tracking handle of the disk
 	ram, disk []byte
 }
 
 // startDestination registers NAME-ram and NAME-disk (/shared/NAME.raw) of
 // npages pages, fills the disk from seed and starts the fetcher (hold: a
-// live migration with a return path); all of it ends with the test.
-func startDestination(t *testing.T, name string, npages int, seed uint64, hold bool) destination {
+// live migration with a return path; handBack: it may hand references back
+// to the source); all of it ends with the test.
+func startDestination(t *testing.T, name string, npages int, seed uint64, hold, handBack bool) destination {
 	t.Helper()
 	file := "/shared/" + name + ".raw"
 	size := uint64(npages) * cshim.PageSize
@@ -37,14 +38,14 @@ func startDestination(t *testing.T, name string, npages int, seed uint64, hold b
 	if rb < 0 || track < 0 {
 		t.Fatalf("registration: ram block %d, disk %d", rb, track)
 	}
-	d := destination{rb: rb, ram: cshimtest.CMem(t, int(size)), disk: cshimtest.CMem(t, int(size))}
+	d := destination{rb: rb, track: track, ram: cshimtest.CMem(t, int(size)), disk: cshimtest.CMem(t, int(size))}
 	cshimtest.FillRandom(rand.New(rand.NewPCG(seed, seed)), d.disk)
 	cabitest.SetDisk(d.disk)
 	cshim.SetMigKey(cshim.ExpandKey([32]byte{'m', 'i', 'g'}))
 	cshim.DestReset()
 	cshim.StatsReset()
 	cshim.SetDestDisk(0, 0, size, track)
-	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return file }, hold)
+	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return file }, hold, handBack)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +66,7 @@ func startDestination(t *testing.T, name string, npages int, seed uint64, hold b
 func TestDestinationFillsMapsAndAsksForFailedPages(t *testing.T) {
 	const npages = 8
 	const bad = 5 // the page whose reference carries the wrong hash
-	dst := startDestination(t, "fallback", npages, 7, true)
+	dst := startDestination(t, "fallback", npages, 7, true, false)
 	rb, ram, disk := dst.rb, dst.ram, dst.disk
 	m := p2b.New()
 
@@ -130,4 +131,31 @@ func TestDestinationFillsMapsAndAsksForFailedPages(t *testing.T) {
 	if _, ok := cshim.RefQuery(uint32(rb), 0, unsafe.Pointer(&ram[0])); !ok {
 		t.Errorf("a filled page is not offered as a reference for the next hop")
 	}
+
+	// As the next hop's source: the destination hands blocks 4-6 back
+	// (NASMIG_RP_SEND_FULL).  The pages still mapped to them (not bad's:
+	// it never verified) are marked dirty and go once in full; the
+	// mappings stay.
+	var dirty []uint64
+	cabitest.SetMarkDirty(func(_ uint32, off, _ uint64) { dirty = append(dirty, off/cshim.PageSize) })
+	defer cabitest.SetMarkDirty(nil)
+	cshim.StatsReset()
+	if n := cshim.SendFull(dst.track, bad-1, 3); n != 2 || len(dirty) != 2 || dirty[0] != bad-1 || dirty[1] != bad+1 {
+		t.Fatalf("send_full of blocks %d-%d: %d pages marked, dirty %v; want pages %d and %d", bad-1, bad+1, n, dirty, bad-1, bad+1)
+	}
+	if got := cshim.SendFullOutstanding(); got != 2 {
+		t.Errorf("%d pages outstanding, want 2", got)
+	}
+	for pass := 0; pass < 2; pass++ {
+		for _, p := range []uint64{bad - 1, bad + 1} {
+			_, ok := cshim.RefQuery(uint32(rb), p*cshim.PageSize, unsafe.Pointer(&ram[p*cshim.PageSize]))
+			if ok != (pass == 1) {
+				t.Errorf("pass %d, page %d: reference %v, want %v (in full once, then references again)", pass, p, ok, pass == 1)
+			}
+		}
+	}
+	if st := cshim.StatsSnapshot(); st.SentFull() != 2 || cshim.SendFullOutstanding() != 0 {
+		t.Errorf("sent in full %d, outstanding %d: want 2 and 0", st.SentFull(), cshim.SendFullOutstanding())
+	}
+	cshim.SendFullReset()
 }

@@ -20,7 +20,7 @@ func TestFetchRateLibraryOnly(t *testing.T) {
 	// The fills enter this side's map, as in QEMU, where the map writer
 	// always runs.
 	startDrainer(t)
-	dst := startDestination(t, "rate", npages, 11, false)
+	dst := startDestination(t, "rate", npages, 11, false, false)
 	rb, ram, disk := dst.rb, dst.ram, dst.disk
 	recs := make([][]byte, npages)
 	for p := range recs {

@@ -6,7 +6,9 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "_cgo_export.h"
 #include "nasmig.h"
 
@@ -34,9 +36,41 @@ void cabi_set_disk(const uint8_t *img, uint64_t len)
     disk_len = len;
 }
 
+/* A storage slower than the migration link: it serves one read at a time,
+ * each taking this long, and completes it on a thread of its own (as
+ * QEMU's reads complete in its main loop while the fetcher goes on). */
+static uint64_t read_delay_ns;
+static pthread_mutex_t storage_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t storage_free_at; /* CLOCK_MONOTONIC ns */
+
+void cabi_set_read_delay(uint64_t ns)
+{
+    __atomic_store_n(&read_delay_ns, ns, __ATOMIC_RELAXED);
+}
+
+struct slow_read {
+    uint64_t off, len, cookie, done_at;
+    void *buf;
+};
+
+static void *slow_read_thread(void *opaque)
+{
+    struct slow_read *r = opaque;
+    struct timespec ts = { r->done_at / 1000000000, r->done_at % 1000000000 };
+
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {
+        /* interrupted */
+    }
+    memcpy(r->buf, disk_img + r->off, r->len);
+    nasmig_lib_read_done(r->cookie, 0);
+    free(r);
+    return NULL;
+}
+
 static int cabi_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
                           uint64_t cookie)
 {
+    uint64_t delay = __atomic_load_n(&read_delay_ns, __ATOMIC_RELAXED);
     int ret = 0;
 
     if (disk != 0 || !disk_img) {
@@ -44,6 +78,28 @@ static int cabi_read_disk(uint32_t disk, uint64_t off, void *buf, uint64_t len,
     }
     if (off + len > disk_len) {
         ret = -EIO;
+    } else if (delay) {
+        struct slow_read *r = malloc(sizeof(*r));
+        struct timespec now;
+        uint64_t now_ns, done_at;
+        pthread_t th;
+
+        if (!r) {
+            return -ENOMEM;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        now_ns = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+        pthread_mutex_lock(&storage_lock);
+        done_at = (storage_free_at > now_ns ? storage_free_at : now_ns) + delay;
+        storage_free_at = done_at;
+        pthread_mutex_unlock(&storage_lock);
+        *r = (struct slow_read){ off, len, cookie, done_at, buf };
+        if (pthread_create(&th, NULL, slow_read_thread, r) != 0) {
+            free(r);
+            return -EAGAIN;
+        }
+        pthread_detach(th);
+        return 0;
     } else {
         memcpy(buf, disk_img + off, len);
     }

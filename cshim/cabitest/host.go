@@ -8,11 +8,13 @@ extern struct nasmig_host cabi_host;
 uint64_t cabi_kicks(void);
 void cabi_set_disk(const uint8_t *img, uint64_t len);
 size_t cabi_msg(unsigned i, uint8_t *out);
+void cabi_set_read_delay(uint64_t ns);
 */
 import "C"
 
 import (
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"nasmig/cshim"
@@ -52,6 +54,9 @@ func SetMarkDirty(f MarkDirtyFunc) {
 func SetDisk(img []byte) {
 	C.cabi_set_disk((*C.uint8_t)(unsafe.Pointer(&img[0])), C.uint64_t(len(img)))
 }
+
+// SetReadDelay makes every read_disk take d (0: complete at once).
+func SetReadDelay(d time.Duration) { C.cabi_set_read_delay(C.uint64_t(d)) }
 
 // Messages returns what the library sent to the source so far.
 func Messages() [][]byte {

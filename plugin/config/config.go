@@ -26,6 +26,11 @@ type Config struct {
 	// the switchover for the destination's fetch before it stops sending
 	// references and lets the migration complete.
 	HoldMax time.Duration
+	// HandBack (hand-back=on|off, destination): while its fetch is behind
+	// the migration link, the destination hands the references it would
+	// read last back to the source, which sends those pages in full (more
+	// bytes on the link, less time).  off: every reference is read.
+	HandBack bool
 }
 
 // DefaultHoldMax bounds the switchover hold unless hold-max= says
@@ -39,7 +44,7 @@ var ErrBadArgument = errors.New("bad plugin argument")
 
 // Default is the configuration of a plugin loaded without arguments.
 func Default() Config {
-	return Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: DefaultHoldMax}
+	return Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: DefaultHoldMax, HandBack: true}
 }
 
 // Parse reads "key=value" arguments.
@@ -76,6 +81,8 @@ func Parse(args []string) (Config, error) {
 			if err == nil && c.HoldMax < 0 {
 				err = errors.New("must not be negative")
 			}
+		case "hand-back":
+			c.HandBack, err = onOff(val)
 		case "ring":
 			var n uint64
 			n, err = strconv.ParseUint(val, 10, 32)
@@ -84,7 +91,7 @@ func Parse(args []string) (Config, error) {
 			}
 			c.RingSlots = uint32(n)
 		default:
-			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, ring)", ErrBadArgument, key)
+			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, hand-back, ring)", ErrBadArgument, key)
 		}
 		if err != nil {
 			return c, fmt.Errorf("%w %q: %v", ErrBadArgument, arg, err)

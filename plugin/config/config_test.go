@@ -11,7 +11,7 @@ import (
 )
 
 func TestDefaults(t *testing.T) {
-	want := Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: time.Minute}
+	want := Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: time.Minute, HandBack: true}
 	if got := Default(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Default() = %+v, want %+v", got, want)
 	}
@@ -56,6 +56,7 @@ func TestParseKeys(t *testing.T) {
 		{"ring 4096", []string{"ring=4096"}, func(c *Config) { c.RingSlots = 4096 }},
 		{"hold-max 5s", []string{"hold-max=5s"}, func(c *Config) { c.HoldMax = 5 * time.Second }},
 		{"hold-max unbounded", []string{"hold-max=0"}, func(c *Config) { c.HoldMax = 0 }},
+		{"hand-back off", []string{"hand-back=off"}, func(c *Config) { c.HandBack = false }},
 		{"all keys", []string{"enable=on", "auto=off", "log=info", "logfile=/l", "debug-socket=/s", "exclude=x", "ring=1024"},
 			func(c *Config) {
 				c.Auto, c.LogLevel, c.LogFile, c.DebugSocket, c.Exclude, c.RingSlots = false, zerolog.InfoLevel, "/l", "/s", []string{"x"}, 1024

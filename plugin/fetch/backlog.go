@@ -111,3 +111,25 @@ func (q *backlog) next(maxBlocks uint64) []item {
 	}
 	return rest[:j]
 }
+
+// takeBack takes up to n references from the back of the bottom run, the
+// end the reads reach last (they take its front): what the fetch hands
+// back to the migration link.  In ascending order; flush first.
+func (q *backlog) takeBack(n int) []item {
+	for len(q.runs) > 0 && len(q.runs[0].rest()) == 0 {
+		q.runs = q.runs[1:]
+	}
+	if len(q.runs) == 0 || n <= 0 {
+		return nil
+	}
+	r := &q.runs[0]
+	rest := r.rest()
+	n = min(n, len(rest))
+	out := append([]item(nil), rest[len(rest)-n:]...)
+	r.items = r.items[:len(r.items)-n]
+	q.n -= n
+	if len(r.rest()) == 0 {
+		q.runs = q.runs[1:]
+	}
+	return out
+}

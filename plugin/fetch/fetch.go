@@ -103,9 +103,15 @@ type Fetcher struct {
 	// switchover waits a moment so the answer rides in the next pass.
 	lastResend time.Time
 
+	handBack handBack
+
 	// Where the destination waited, for the log at the end.
 	timings   Timings
 	flushSeen time.Time // when the pending sync point was first seen
+	// flushAcked: when the last sync point was let through.  Pages sent
+	// after a sync point wait behind it (multifd), so a handed-back page
+	// is not late while one is pending.
+	flushAcked time.Time
 }
 
 // Timings says where an incoming migration waited for the fetch: the sync
@@ -120,10 +126,18 @@ type Timings struct {
 	FinishSeen     time.Time // the verification gate was reached
 	GatePending    int       // references queued or in flight then (downtime)
 	FinishDone     time.Time // and passed (or failed)
+	// Hand-back (handback.go): pages that came in full, and those fetched
+	// after all (late, or still pending when the stream ended).
+	HandBackArrived uint64
+	HandBackFetched int
 }
 
 // Timings returns the waits so far (call after Stop, or from the worker).
-func (f *Fetcher) Timings() Timings { return f.timings }
+func (f *Fetcher) Timings() Timings {
+	t := f.timings
+	t.HandBackArrived, t.HandBackFetched = f.handBack.arrived, f.handBack.fetched
+	return t
+}
 
 // resendSettle is how long after asking the source for a page the fetch
 // still holds the switchover, so the page comes in a pass of its own
@@ -144,14 +158,16 @@ const (
 )
 
 // Start launches the worker; it sleeps on an eventfd that C writes to.
-func Start(log zerolog.Logger, diskName DiskName, hold bool) (*Fetcher, error) {
+// handBackOn: hand references back to the source while the fetch is behind
+// the link (handback.go).
+func Start(log zerolog.Logger, diskName DiskName, hold, handBackOn bool) (*Fetcher, error) {
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("fetch: eventfd: %w", err)
 	}
 	fillers := min(max(runtime.GOMAXPROCS(0), 1), maxFillers)
 	f := &Fetcher{log: log, diskName: diskName, wakeFD: fd, stop: make(chan struct{}), done: make(chan struct{}),
-		inflight: map[uint64]*batch{}, hold: hold,
+		inflight: map[uint64]*batch{}, hold: hold, handBack: handBack{off: !handBackOn},
 		toFill: make(chan *batch, maxInFlight)}
 	cshim.SetWakeFD(fd)
 	for i := 0; i < fillers; i++ {
@@ -248,6 +264,7 @@ func (f *Fetcher) run() {
 		}
 		f.settle()
 		f.maybeApprove(started)
+		f.handBackTick(time.Now())
 		select {
 		case <-f.stop:
 			if stopAt.IsZero() {
@@ -316,6 +333,7 @@ func (f *Fetcher) settle() {
 			// them, and the final re-read comes at finish).
 			cshim.AckFlush(freq)
 			cshim.Kick()
+			f.flushAcked = time.Now()
 			if waited := time.Since(f.flushSeen); waited > time.Millisecond {
 				f.log.Debug().Dur("waited", waited).Msg("sync point: the stream waited for the fetch")
 				f.timings.FlushWaits++
@@ -326,6 +344,14 @@ func (f *Fetcher) settle() {
 		}
 	}
 	req := cshim.FinishRequest()
+	if req != 0 && len(f.handBack.items) > 0 {
+		// The stream has ended, or a page is needed now: whatever was
+		// handed back and has not come is read.
+		f.handBack.settle(f, time.Now(), true)
+	}
+	if req&cshim.FinishReqFinish != 0 {
+		f.handBack.off = true
+	}
 	if req&cshim.FinishReqFinish != 0 && f.timings.FinishSeen.IsZero() {
 		f.log.Debug().Int("queued", f.queued.len()).Int("in_flight", len(f.inflight)).Msg("verification gate reached")
 		f.timings.FinishSeen = time.Now()

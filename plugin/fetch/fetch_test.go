@@ -136,3 +136,30 @@ func BenchmarkBacklog(b *testing.B) {
 		})
 	}
 }
+
+// What the fetch hands back comes from the end its reads reach last, and
+// nothing is read and handed back both.
+func TestBacklogTakeBack(t *testing.T) {
+	var q backlog
+	for b := uint64(0); b < 1000; b++ {
+		q.add(item{req: cshim.NewFetchReq(0, b, 0, b)})
+	}
+	q.flush()
+	front := q.next(256)
+	back := q.takeBack(100)
+	if len(front) != 256 || len(back) != 100 || q.len() != 644 {
+		t.Fatalf("read %d, took back %d, left %d", len(front), len(back), q.len())
+	}
+	for i, it := range back {
+		if it.req.Block() != uint64(900+i) {
+			t.Fatalf("took back block %d at %d, want %d", it.req.Block(), i, 900+i)
+		}
+	}
+	rest := drain(t, &q, 256, 1<<30)
+	if len(rest) != 644 || rest[0].req.Block() != 256 || rest[len(rest)-1].req.Block() != 899 {
+		t.Fatalf("the reads got %d, blocks %d..%d", len(rest), rest[0].req.Block(), rest[len(rest)-1].req.Block())
+	}
+	if got := q.takeBack(10); got != nil {
+		t.Fatalf("an empty backlog gave back %d", len(got))
+	}
+}

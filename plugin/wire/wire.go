@@ -225,16 +225,18 @@ func EncodeRef(r Ref) []byte {
 // (carried by QEMU's MIG_RP_MSG_NASMIG; QEMU itself handles
 // cshim.RPApprove and cshim.RPError):
 //
-//	RESEND:   u8 kind | u8 source disk | be64 disk offset | be64 RAM offset | RAMBlock idstr
-//	DISK_OFF: u8 kind | u8 source disk
+//	RESEND:    u8 kind | u8 source disk | be64 disk offset | be64 RAM offset | RAMBlock idstr
+//	DISK_OFF:  u8 kind | u8 source disk
+//	SEND_FULL: u8 kind | u8 source disk | be64 disk offset | be32 blocks
 
 // SourceMsg is one decoded message for the source library.
 type SourceMsg struct {
 	Kind       uint8
 	Disk       uint8
-	DiskOffset uint64 // RESEND
+	DiskOffset uint64 // RESEND, SEND_FULL (the first block)
 	RAMOffset  uint64 // RESEND
 	RAMBlock   string // RESEND
+	Blocks     uint32 // SEND_FULL
 }
 
 // ErrSourceMsg is wrapped by every malformed return-path message.
@@ -254,7 +256,15 @@ func EncodeResend(disk uint8, diskOffset, ramOffset uint64, ramBlock string) ([]
 // EncodeDiskOff tells the source that this side cannot read a disk.
 func EncodeDiskOff(disk uint8) []byte { return []byte{cshim.RPDiskOff, disk} }
 
-// DecodeSourceMsg parses a RESEND or DISK_OFF message.
+// EncodeSendFull asks the source to send in full the pages mapped to
+// blocks blocks of disk from diskOffset on.
+func EncodeSendFull(disk uint8, diskOffset uint64, blocks uint32) []byte {
+	b := []byte{cshim.RPSendFull, disk}
+	b = binary.BigEndian.AppendUint64(b, diskOffset)
+	return binary.BigEndian.AppendUint32(b, blocks)
+}
+
+// DecodeSourceMsg parses a RESEND, DISK_OFF or SEND_FULL message.
 func DecodeSourceMsg(b []byte) (SourceMsg, error) {
 	if len(b) < 2 || len(b) > cshim.RPMaxBytes {
 		return SourceMsg{}, fmt.Errorf("%w: %d bytes", ErrSourceMsg, len(b))
@@ -277,6 +287,15 @@ func DecodeSourceMsg(b []byte) (SourceMsg, error) {
 		m.RAMBlock = string(b[18:])
 		if m.DiskOffset%cshim.PageSize != 0 || m.RAMOffset%cshim.PageSize != 0 {
 			return m, fmt.Errorf("%w: unaligned RESEND %#x/%#x", ErrSourceMsg, m.DiskOffset, m.RAMOffset)
+		}
+	case cshim.RPSendFull:
+		if len(b) != 14 {
+			return m, fmt.Errorf("%w: SEND_FULL of %d bytes", ErrSourceMsg, len(b))
+		}
+		m.DiskOffset = binary.BigEndian.Uint64(b[2:])
+		m.Blocks = binary.BigEndian.Uint32(b[10:])
+		if m.DiskOffset%cshim.PageSize != 0 {
+			return m, fmt.Errorf("%w: unaligned SEND_FULL %#x", ErrSourceMsg, m.DiskOffset)
 		}
 	default:
 		return m, fmt.Errorf("%w: kind %d", ErrSourceMsg, m.Kind)

@@ -356,14 +356,20 @@ func TestSourceMsgRoundTrip(t *testing.T) {
 	if m, err := DecodeSourceMsg(EncodeDiskOff(5)); err != nil || m.Kind != cshim.RPDiskOff || m.Disk != 5 {
 		t.Fatalf("DISK_OFF round trip: %+v, %v", m, err)
 	}
+	full := EncodeSendFull(2, 0x5000, 300)
+	if m, err := DecodeSourceMsg(full); err != nil || m != (SourceMsg{Kind: cshim.RPSendFull, Disk: 2, DiskOffset: 0x5000, Blocks: 300}) {
+		t.Fatalf("SEND_FULL round trip: %+v, %v", m, err)
+	}
 	for name, bad := range map[string][]byte{
-		"empty":          nil,
-		"kind only":      {cshim.RPResend},
-		"unknown kind":   {99, 0},
-		"disk too large": {cshim.RPDiskOff, cshim.MaxDisks},
-		"short resend":   b[:18],
-		"unaligned":      append([]byte{cshim.RPResend, 0, 0, 0, 0, 0, 0, 0, 0, 1}, b[10:]...),
-		"long disk off":  {cshim.RPDiskOff, 1, 2},
+		"empty":           nil,
+		"kind only":       {cshim.RPResend},
+		"unknown kind":    {99, 0},
+		"disk too large":  {cshim.RPDiskOff, cshim.MaxDisks},
+		"short resend":    b[:18],
+		"unaligned":       append([]byte{cshim.RPResend, 0, 0, 0, 0, 0, 0, 0, 0, 1}, b[10:]...),
+		"long disk off":   {cshim.RPDiskOff, 1, 2},
+		"short send full": full[:13],
+		"unaligned full":  EncodeSendFull(0, 0x5001, 1),
 	} {
 		if _, err := DecodeSourceMsg(bad); !errors.Is(err, ErrSourceMsg) {
 			t.Errorf("%s: %v, want ErrSourceMsg", name, err)
@@ -378,16 +384,22 @@ func FuzzDecodeSourceMsg(f *testing.F) {
 	b, _ := EncodeResend(1, 4096, 8192, "pc.ram")
 	f.Add(b)
 	f.Add(EncodeDiskOff(2))
+	f.Add(EncodeSendFull(1, 8192, 64))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodeSourceMsg(data)
 		if err != nil {
 			return
 		}
 		var again []byte
-		if m.Kind == cshim.RPDiskOff {
+		switch m.Kind {
+		case cshim.RPDiskOff:
 			again = EncodeDiskOff(m.Disk)
-		} else if again, err = EncodeResend(m.Disk, m.DiskOffset, m.RAMOffset, m.RAMBlock); err != nil {
-			t.Fatalf("decoded %+v does not re-encode: %v", m, err)
+		case cshim.RPSendFull:
+			again = EncodeSendFull(m.Disk, m.DiskOffset, m.Blocks)
+		default:
+			if again, err = EncodeResend(m.Disk, m.DiskOffset, m.RAMOffset, m.RAMBlock); err != nil {
+				t.Fatalf("decoded %+v does not re-encode: %v", m, err)
+			}
 		}
 		if !bytes.Equal(again, data) {
 			t.Fatalf("re-encoding differs:\n% x\n% x", again, data)

@@ -127,6 +127,8 @@ type e2eCase struct {
 	// slowStorage: the shared NBD storage is throttled to this many bytes
 	// per second for reads, from just before the migration until it ended.
 	slowStorage int64
+	// pluginArgs are added to the library's arguments on both sides.
+	pluginArgs []string
 	// hotplug: a second SCSI controller for hot-plugged disks and a
 	// CD-ROM (an ISO read through the host page cache) on both sides.
 	hotplug bool
@@ -462,6 +464,37 @@ func cases() []e2eCase {
 				Params: map[string]any{"multifd-channels": 2},
 			},
 			flow: slowStorageFlow,
+		}),
+		nasmigBothSides(e2eCase{
+			// The storage (30 MB/s) is far slower than the link (a unix
+			// socket): the fetch hands the references it would read last
+			// back to the source, which sends those pages in full during
+			// the hold; both ends share the work.
+			name: "33-hand-back-slow-storage", workload: "pagecache-read", slowStorage: 30_000_000,
+			flow: slowStorageFlow,
+			check: func(t *testing.T, o outcome) {
+				if o.dst.HandedBack == 0 || o.src.SentFull == 0 {
+					t.Errorf("nothing handed back: handed-back %d, sent-full %d", o.dst.HandedBack, o.src.SentFull)
+				}
+				if o.dst.FetchedPages >= o.src.RefPages || o.dst.FetchedPages+o.dst.HandedBack < o.src.RefPages {
+					t.Errorf("fetched %d + handed back %d of %d references: want fewer fetched, none missing",
+						o.dst.FetchedPages, o.dst.HandedBack, o.src.RefPages)
+				}
+				t.Logf("hand-back: %d of %d references handed back, %d sent in full, %d fetched",
+					o.dst.HandedBack, o.src.RefPages, o.src.SentFull, o.dst.FetchedPages)
+			},
+		}),
+		nasmigBothSides(e2eCase{
+			// The same with hand-back=off: every reference is read.
+			name: "33b-hand-back-off", workload: "pagecache-read", slowStorage: 30_000_000,
+			pluginArgs: []string{"hand-back=off"},
+			flow:       slowStorageFlow,
+			check: func(t *testing.T, o outcome) {
+				if o.dst.HandedBack != 0 || o.src.SentFull != 0 || o.dst.FetchedPages != o.src.RefPages {
+					t.Errorf("hand-back=off: handed back %d, sent in full %d, fetched %d of %d",
+						o.dst.HandedBack, o.src.SentFull, o.dst.FetchedPages, o.src.RefPages)
+				}
+			},
 		}),
 		nasmigBothSides(e2eCase{
 			name: "29b-xbzrle-mixed-slow-storage", workload: "mixed", settle: 3, slowStorage: 40_000_000,
@@ -802,6 +835,7 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	for _, name := range c.exclude {
 		extraPluginArgs = append(extraPluginArgs, "exclude="+strings.ReplaceAll(name, "$IMAGE", p.image))
 	}
+	extraPluginArgs = append(extraPluginArgs, c.pluginArgs...)
 	if c.hotplug {
 		args, err := hotplugArgs(p)
 		if err != nil {

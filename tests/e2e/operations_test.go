@@ -596,7 +596,10 @@ func slowStorageFlow(t *testing.T, ctx context.Context, p *pair) {
 		}
 	})
 	requireRefs(t, o)
-	t.Logf("storage at %d MB/s: %d references, %d fetched in %d ms, %d verify failures, %d fallbacks (pages asked from the source)",
-		p.c.slowStorage/1_000_000, o.src.RefPages, o.dst.FetchedPages, o.dst.FetchTimeMs, o.dst.VerifyFailures, o.dst.Fallbacks)
+	t.Logf("storage at %d MB/s: %d references, %d fetched in %d ms, %d verify failures, %d fallbacks (pages asked from the source), %d handed back",
+		p.c.slowStorage/1_000_000, o.src.RefPages, o.dst.FetchedPages, o.dst.FetchTimeMs, o.dst.VerifyFailures, o.dst.Fallbacks, o.dst.HandedBack)
+	if p.c.check != nil {
+		p.c.check(t, o)
+	}
 	resumeAndVerify(t, ctx, p)
 }

@@ -81,6 +81,8 @@ type DiskRefStats struct {
 	Fallbacks      int64 `json:"fallbacks"`       // pages re-read after the source's final flush
 	FetchTimeMs    int64 `json:"fetch-time-ms"`   // first reference to last fill
 	PendingPages   int64 `json:"pending-pages"`   // fills not finished yet
+	SentFull       int64 `json:"sent-full"`       // mapped pages sent in full because the destination asked (source)
+	HandedBack     int64 `json:"handed-back"`     // references the fetch handed back to the link (destination)
 }
 
 // MigrationInfo is one side's query-migrate answer. Fields QEMU left out are

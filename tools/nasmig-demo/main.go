@@ -66,6 +66,7 @@ var modes = []mode{
 	{Name: "postcopy", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"postcopy-ram": true}, Postcopy: 2 * time.Second},
 	{Name: "free-page-hint", PluginArgs: []string{"enable=off"}, ExtraArgs: freePageHint},
 	{Name: "nasmig", PluginArgs: []string{"log=info"}},
+	{Name: "nasmig-no-hand-back", PluginArgs: []string{"log=info", "hand-back=off"}},
 	{Name: "nasmig-multifd-zstd", PluginArgs: []string{"log=info"}, Caps: map[string]bool{"multifd": true}, Params: multifdZstd},
 	{Name: "nasmig-free-page-hint", PluginArgs: []string{"log=info"}, ExtraArgs: freePageHint},
 }
