@@ -36,6 +36,9 @@ const (
 	// handBackGap: blocks between two handed-back ones that one message
 	// may cover (the source sends what is mapped there in full too).
 	handBackGap = 8
+	// handBackPays: fetch and link together must fill this much faster
+	// than the fetch did alone, a second into hand-back, or it stops.
+	handBackPays = 1.15
 )
 
 type handedBack struct {
@@ -54,8 +57,15 @@ type handBack struct {
 	items   []handedBack
 	arrived uint64 // came in full
 	fetched int    // given back to the fetch
-	last    time.Time
-	samples []rateSample
+	// The fetch's rate (pages/s) before the first hand-back, and when
+	// that was: hand-back goes on only while fetch and link together
+	// fill pages faster than the fetch alone did.  Where both draw on
+	// the same CPUs (or the same network), it does not pay.
+	baseRate float64
+	started  time.Time
+	paused   bool // it did not pay: nothing more is handed back
+	last     time.Time
+	samples  []rateSample
 }
 
 // tick runs every handBackTick from the fetch loop while the source holds
@@ -88,13 +98,19 @@ func (f *Fetcher) handBackTick(now time.Time) {
 		return
 	}
 	fetchRate := float64(st.FetchedPages()-old.fetched) / span.Seconds()
-	if fetchRate > 0 && float64(backlog)/fetchRate < handBackAhead.Seconds() {
+	linkRate := float64(h.arrived-old.arrived) / span.Seconds()
+	if !h.started.IsZero() && now.Sub(h.started) >= 2*handBackWindow && !h.paused &&
+		fetchRate+linkRate < handBackPays*h.baseRate {
+		h.paused = true
+		f.log.Info().Float64("fetch_pages_per_s_before", h.baseRate).Float64("fetch_pages_per_s", fetchRate).
+			Float64("link_pages_per_s", linkRate).Msg("handing references back does not pay here: the fetch reads the rest")
+	}
+	if h.paused || fetchRate > 0 && float64(backlog)/fetchRate < handBackAhead.Seconds() {
 		return
 	}
 	// Keep as many on their way over the link as it delivers in
 	// handBackAhead, so the two ends share the backlog by their rates; and
 	// never more than half of what is left.
-	linkRate := float64(h.arrived-old.arrived) / span.Seconds()
 	want := max(handBackInitial, int(linkRate*handBackAhead.Seconds()))
 	n := min(want-len(h.items), backlog/2)
 	if n < maxReadBlocks {
@@ -126,6 +142,9 @@ func (f *Fetcher) handBackTick(now time.Time) {
 		i = j
 	}
 	if sent > 0 {
+		if h.started.IsZero() {
+			h.started, h.baseRate = now, fetchRate
+		}
 		cshim.AddHandedBack(uint64(sent))
 		f.log.Debug().Int("pages", sent).Int("backlog", f.queued.len()).Float64("fetch_pages_per_s", fetchRate).
 			Int("outstanding", len(h.items)).Msg("fetch behind the link: references handed back to the source")
