@@ -245,7 +245,7 @@ func main() {
 	if o.json {
 		say = os.Stderr
 	}
-	rows, fetchRows, err := demo(o, say)
+	rows, fetchRows, err := demo(&o, say)
 	if o.fetchBench {
 		if len(fetchRows) > 0 {
 			fmt.Fprint(os.Stdout, "\n"+fetchSummary(o, fetchRows))
@@ -280,7 +280,9 @@ func main() {
 	}
 }
 
-func demo(o options, say io.Writer) ([]row, []fetchRow, error) {
+// demo runs the migrations; what it learns about the machine and the disk
+// goes into o for the results.
+func demo(o *options, say io.Writer) ([]row, []fetchRow, error) {
 	step := func(format string, args ...any) { fmt.Fprintf(say, "==> "+format+"\n", args...) }
 	env := harness.EnvFromOS()
 	if reason := env.SkipReason(); reason != "" {
@@ -350,7 +352,7 @@ func demo(o options, say io.Writer) ([]row, []fetchRow, error) {
 		}
 	}
 	if o.fetchBench {
-		fetchRows, err := fetchBench(ctx, env, accel.Accel, o, say)
+		fetchRows, err := fetchBench(ctx, env, accel.Accel, *o, say)
 		return nil, fetchRows, err
 	}
 	var rows []row
@@ -371,7 +373,7 @@ func demo(o options, say io.Writer) ([]row, []fetchRow, error) {
 					}
 					step("migration %d of %d: %s, %s on %s, run %d of %d (elapsed %s, ETA %s)", n, total, m.Name, workload, profile,
 						run, o.runs, time.Since(started).Round(time.Second), eta)
-					r := migrateOnce(ctx, env, accel.Accel, o, profile, workload, m, step)
+					r := migrateOnce(ctx, env, accel.Accel, *o, profile, workload, m, step)
 					r.Run, r.Accel = run, accel.Accel
 					rows = append(rows, r)
 					cell := profile + "/" + workload + "/" + m.Name
