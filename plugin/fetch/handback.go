@@ -26,8 +26,9 @@ const (
 	// handBackMinPages: a backlog smaller than this (16 MiB) is not worth
 	// a round trip.
 	handBackMinPages = 4096
-	// handBackInitial: pages handed back before any came in full (32 MiB);
-	// then as many as arrived in the last handBackWindow.
+	// handBackInitial: pages on their way over the link before any came
+	// in full (32 MiB); then as many as the link delivers in handBackAhead
+	// at the rate measured over handBackWindow.
 	handBackInitial = 8192
 	handBackWindow  = 500 * time.Millisecond
 	// handBackTimeout: a handed-back page that has not come in full by

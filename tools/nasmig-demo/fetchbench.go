@@ -24,8 +24,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"nasmig/tests/harness"
 )
 
@@ -153,13 +151,7 @@ func fetchOnce(ctx context.Context, env harness.Env, accel string, o options, pr
 		return fail(err)
 	}
 
-	dstCfg := g.srcCfg
-	dstCfg.Name = "dst"
-	dstCfg.Incoming = true
-	if g.network != nil {
-		dstCfg.NetNS = g.network.Dst
-	}
-	dst, err := run.StartVM(ctx, dstCfg)
+	dst, err := run.StartVM(ctx, g.destinationConfig())
 	if err != nil {
 		return fail(err)
 	}
@@ -227,22 +219,14 @@ func plainRead(ctx context.Context, env harness.Env, ns, uri string, n int64) (f
 	return float64(count<<20) / 1e6 / secs, nil
 }
 
-// firstTouchMBps maps n bytes of fresh anonymous memory (huge pages
-// advised, as QEMU does for guest RAM), writes one byte per 4 KiB page and
-// returns MB/s: what filling never-touched guest RAM costs here, apart
-// from any copying.
+// firstTouchMBps is the rate of touching n bytes of fresh memory: what
+// filling never-touched guest RAM costs here, apart from any copying.
 func firstTouchMBps(n int64) float64 {
-	mem, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-	if err != nil {
+	d := touchFresh(n)
+	if d <= 0 {
 		return 0
 	}
-	defer unix.Munmap(mem)
-	unix.Madvise(mem, unix.MADV_HUGEPAGE)
-	t0 := time.Now()
-	for i := 0; i < len(mem); i += 4096 {
-		mem[i] = 1
-	}
-	return float64(n) / 1e6 / time.Since(t0).Seconds()
+	return float64(n) / 1e6 / d.Seconds()
 }
 
 func fetchMedian(rows []fetchRow, profile string, figure func(fetchRow) float64) (float64, int) {

@@ -411,16 +411,10 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 	if err != nil {
 		return fail(err)
 	}
-	src, srcCfg, network := g.src, g.srcCfg, g.network
+	src, network := g.src, g.network
 	r.PageCacheMiB = g.pageCacheMiB
-	dstCfg := srcCfg
-	dstCfg.Name = "dst"
-	dstCfg.Incoming = true
-	if network != nil {
-		dstCfg.NetNS = network.Dst
-	}
 	step("starting the destination QEMU (same plugin arguments, -incoming defer, paused)")
-	dst, err := run.StartVM(ctx, dstCfg)
+	dst, err := run.StartVM(ctx, g.destinationConfig())
 	if err != nil {
 		return fail(err)
 	}
@@ -537,6 +531,19 @@ type guest struct {
 	src          *harness.VM
 	srcCfg       harness.VMConfig
 	pageCacheMiB int
+}
+
+// destinationConfig is the source's QEMU configuration for the
+// destination: same plugin arguments, -incoming defer, on the
+// destination host's namespace.
+func (g *guest) destinationConfig() harness.VMConfig {
+	cfg := g.srcCfg
+	cfg.Name = "dst"
+	cfg.Incoming = true
+	if g.network != nil {
+		cfg.NetNS = g.network.Dst
+	}
+	return cfg
 }
 
 // startGuest copies the data disk, sets up the network, serves the image
