@@ -356,6 +356,30 @@ void nasmig_refs_pending(const struct nasmig_fetch_req *reqs, unsigned n,
     }
 }
 
+/*
+ * Pages handed back to the source came in full: those that hold exactly
+ * their block (verified against the reference's hash, as a fill is) enter
+ * this side's map, so the next migration sends them as references again.
+ * A page the loader has not written yet, or the guest changed, does not
+ * match: out[i] = 1 for the mapped ones.
+ */
+void nasmig_map_if_block(const struct nasmig_fetch_req *reqs, unsigned n,
+                         uint8_t *out)
+{
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        const struct nasmig_fetch_req *r = &reqs[i];
+        uint64_t h[2];
+
+        nasmig_hash_page(&nasmig_g.mig_key, r->host, h);
+        out[i] = h[0] == r->hash[0] && h[1] == r->hash[1];
+        if (out[i]) {
+            dest_map_filled(r, r->host);
+        }
+    }
+}
+
 /* Gives up on a failed page (the migration fails): stops waiting for it. */
 void nasmig_abandon_page(const struct nasmig_fetch_req *r)
 {

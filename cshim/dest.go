@@ -60,6 +60,15 @@ func RefsPending(reqs []FetchReq, pending []uint8) {
 	C.nasmig_refs_pending((*C.struct_nasmig_fetch_req)(&reqs[0]), C.uint(len(reqs)), (*C.uint8_t)(unsafe.Pointer(&pending[0])))
 }
 
+// MapIfBlock enters into this side's map the pages that hold exactly their
+// reference's block (handed back, they came in full); mapped[i] = 1 for those.
+func MapIfBlock(reqs []FetchReq, mapped []uint8) {
+	if len(reqs) == 0 {
+		return
+	}
+	C.nasmig_map_if_block((*C.struct_nasmig_fetch_req)(&reqs[0]), C.uint(len(reqs)), (*C.uint8_t)(unsafe.Pointer(&mapped[0])))
+}
+
 // AbandonPage stops waiting for a failed page (the migration will fail).
 func AbandonPage(r *FetchReq) { C.nasmig_abandon_page((*C.struct_nasmig_fetch_req)(r)) }
 

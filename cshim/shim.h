@@ -328,6 +328,8 @@ void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len);
 uint64_t nasmig_send_full(unsigned disk, uint64_t first, uint64_t count);
 void nasmig_refs_pending(const struct nasmig_fetch_req *reqs, unsigned n,
                          uint8_t *out);
+void nasmig_map_if_block(const struct nasmig_fetch_req *reqs, unsigned n,
+                         uint8_t *out);
 void nasmig_send_full_reset(void);
 int64_t nasmig_send_full_outstanding(void);
 void nasmig_call_mark_dirty_pages(const uint32_t *rbs, const uint64_t *pages,

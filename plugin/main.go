@@ -455,7 +455,7 @@ func nasmigDestCleanup(failed C.int) {
 	}
 	if st.HandedBack() > 0 {
 		ev = ev.Uint64("handed_back", st.HandedBack()).Uint64("handed_back_came_in_full", t.HandBackArrived).
-			Int("handed_back_fetched_after_all", t.HandBackFetched)
+			Int("handed_back_fetched_after_all", t.HandBackFetched).Uint64("handed_back_mapped", t.HandBackMapped)
 	}
 	withFaults(ev).Msg("incoming migration ended")
 }

@@ -8,6 +8,7 @@ import (
 
 	"nasmig/cshim"
 	"nasmig/cshim/cabitest"
+	"nasmig/plugin/p2b"
 	"nasmig/plugin/wire"
 )
 
@@ -25,6 +26,7 @@ func TestFetchHandsBackWhenBehind(t *testing.T) {
 	dst := startDestination(t, "handback", npages, 13, true, true)
 	rb, ram, disk := dst.rb, dst.ram, dst.disk
 	page := func(b []byte, p uint64) []byte { return b[p*cshim.PageSize : (p+1)*cshim.PageSize] }
+	m := p2b.New()
 
 	for p := uint64(0); p < npages; p++ {
 		rec := wire.EncodeRef(wire.Ref{Disk: 0, Offset: p * cshim.PageSize, Hash: cshim.HashPageMig(page(disk, p))})
@@ -98,6 +100,18 @@ func TestFetchHandsBackWhenBehind(t *testing.T) {
 	}
 	if !bytes.Equal(ram, disk) {
 		t.Error("RAM differs from the disk after the fetch and the full pages")
+	}
+	// Every page, filled or come in full holding its block, is this side's
+	// map: hand-back must not cost the next migration its references.
+	m.Sync()
+	unmapped := 0
+	for p := uint64(0); p < npages; p++ {
+		if !cshim.MapOffers(uint32(rb), p*cshim.PageSize) {
+			unmapped++
+		}
+	}
+	if unmapped != 0 {
+		t.Errorf("%d of %d pages not mapped after the migration (%d came in full)", unmapped, npages, len(full))
 	}
 	t.Logf("%d pages: %d fetched, %d handed back and sent in full, %d messages", npages, st.FetchedPages(), len(full), answered-before)
 }

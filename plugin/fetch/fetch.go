@@ -130,12 +130,13 @@ type Timings struct {
 	// after all (late, or still pending when the stream ended).
 	HandBackArrived uint64
 	HandBackFetched int
+	HandBackMapped  uint64 // came in full holding their block: mapped for the next migration
 }
 
 // Timings returns the waits so far (call after Stop, or from the worker).
 func (f *Fetcher) Timings() Timings {
 	t := f.timings
-	t.HandBackArrived, t.HandBackFetched = f.handBack.arrived, f.handBack.fetched
+	t.HandBackArrived, t.HandBackFetched, t.HandBackMapped = f.handBack.arrived, f.handBack.fetched, f.handBack.mapped
 	return t
 }
 
@@ -392,6 +393,7 @@ func (f *Fetcher) settle() {
 			cshim.SetErr(fmt.Sprintf("%d disk references failed: %s", f.nerrs, msg))
 			cshim.SetFinishState(cshim.FinishFailed)
 		} else {
+			f.handBack.mapRechecked()
 			cshim.SetFinishState(cshim.FinishOK)
 		}
 		if f.timings.FinishDone.IsZero() {

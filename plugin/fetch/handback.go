@@ -57,6 +57,11 @@ type handBack struct {
 	off     bool // the source does not send them: the fetch reads everything
 	items   []handedBack
 	arrived uint64 // came in full
+	// Came in full but did not hold their block yet when looked at (the
+	// loader had not written them, or the guest changed them): looked at
+	// again once the stream has ended.
+	recheck []cshim.FetchReq
+	mapped  uint64 // came in full holding their block: mapped here
 	fetched int    // given back to the fetch
 	// The fetch's rate (pages/s) before the first hand-back, and when
 	// that was: hand-back goes on only while fetch and link together
@@ -171,6 +176,7 @@ func (h *handBack) settle(f *Fetcher, now time.Time, all bool) {
 	freq, fack := cshim.FlushRequest()
 	atSyncPoint := freq != fack
 	var late []item
+	var arrived []cshim.FetchReq
 	keep := h.items[:0]
 	for i, hb := range h.items {
 		since := hb.at
@@ -180,6 +186,7 @@ func (h *handBack) settle(f *Fetcher, now time.Time, all bool) {
 		switch {
 		case pending[i] == 0:
 			h.arrived++
+			arrived = append(arrived, hb.it.req)
 		case all || !atSyncPoint && now.Sub(since) > handBackTimeout:
 			late = append(late, hb.it)
 		default:
@@ -187,6 +194,7 @@ func (h *handBack) settle(f *Fetcher, now time.Time, all bool) {
 		}
 	}
 	h.items = keep
+	h.mapArrived(arrived)
 	if len(late) == 0 {
 		return
 	}
@@ -203,4 +211,37 @@ func (h *handBack) settle(f *Fetcher, now time.Time, all bool) {
 	for _, it := range late {
 		f.queued.add(it)
 	}
+}
+
+// mapArrived enters the pages that came in full into this side's map where
+// they hold their block, so that hand-back does not cost the next migration
+// its references; the others are looked at again when the stream has ended.
+func (h *handBack) mapArrived(reqs []cshim.FetchReq) {
+	if len(reqs) == 0 {
+		return
+	}
+	mapped := make([]uint8, len(reqs))
+	cshim.MapIfBlock(reqs, mapped)
+	for i, m := range mapped {
+		if m != 0 {
+			h.mapped++
+		} else {
+			h.recheck = append(h.recheck, reqs[i])
+		}
+	}
+}
+
+// mapRechecked runs once every page has been loaded (the verification gate
+// at the stream's end): a handed-back page that holds its block now is
+// mapped; one the guest changed is not.
+func (h *handBack) mapRechecked() {
+	if len(h.recheck) == 0 {
+		return
+	}
+	mapped := make([]uint8, len(h.recheck))
+	cshim.MapIfBlock(h.recheck, mapped)
+	for _, m := range mapped {
+		h.mapped += uint64(m)
+	}
+	h.recheck = nil
 }
