@@ -441,7 +441,7 @@ do_bench_migration() {
 		parts=(
 			"matrix|-profiles fast-storage,equal-links,10g -modes stock,multifd-zstd,xbzrle,postcopy,free-page-hint,nasmig,nasmig-no-hand-back,nasmig-multifd-zstd,nasmig-free-page-hint -runs 3"
 			"workloads|-profiles fast-storage -workloads mixed,pagecache-write,reader,memory-hot,idle -modes stock,multifd-zstd,nasmig -runs 3"
-			"real|-disk real -profiles fast-storage,equal-links -modes stock,multifd-zstd,nasmig,nasmig-multifd-zstd -runs 3"
+			"real|-disk real -profiles fast-storage,equal-links -workloads pagecache-read,compile -modes stock,multifd-zstd,nasmig,nasmig-multifd-zstd -runs 3"
 			"fetch|-fetch-bench -profiles fast-storage,equal-links,10g -runs 3"
 		)
 		step "the disk of real files (Debian packages' contents)"

@@ -22,7 +22,18 @@ PKGS=(gcc-12 libllvm15 libclang-cpp15 libpython3.11-stdlib perl-modules-5.36 gol
 	firefox-esr libreoffice-core openjdk-17-jre-headless desktop-base fonts-noto-core linux-doc-6.1
 	libgl1-mesa-dri python3-numpy)
 
-stamp="${PKGS[*]}"
+# A toolchain that runs chrooted into the disk (the guest's compile
+# workload): gcc-12 above, with cpp, binutils and the C library to link
+# against, and the libraries they load.
+TOOLCHAIN=(cpp-12 gcc-12-base libcc1-0 libgcc-12-dev binutils binutils-x86-64-linux-gnu binutils-common libbinutils
+	libctf0 libctf-nobfd0 libgprofng0 libjansson4 libc6 libc6-dev libc-dev-bin linux-libc-dev libcrypt-dev libcrypt1
+	libgcc-s1 libgmp10 libisl23 libmpc3 libmpfr6 libstdc++6 libzstd1 zlib1g)
+PKGS+=("${TOOLCHAIN[@]}")
+# The source tree it builds: Lua, from Debian's source package (trixie's
+# deb-src entry, which build.sh adds for QEMU's source).
+SRCPKG=lua5.4
+
+stamp="${PKGS[*]} src:$SRCPKG"
 if [[ -f $OUT/real.raw && -f $OUT/real.info && $(cat "$OUT/.real-stamp" 2>/dev/null) == "$stamp" ]]; then
 	echo "real disk: unchanged, reusing $OUT/real.raw"
 	exit 0
@@ -35,6 +46,13 @@ for p in "${PKGS[@]}"; do
 	compgen -G "$DEBS/${p}_*.deb" >/dev/null || { echo "real disk: $p was not downloaded" >&2; exit 1; }
 done
 
+if ! compgen -G "$DEBS/${SRCPKG}_*.orig.tar.*" >/dev/null; then
+	echo "real disk: downloading the source package $SRCPKG"
+	(cd "$DEBS" && apt-get source -q --download-only "$SRCPKG" 2>&1 | grep -v -e '^Get:' -e 'unsandboxed' || true)
+fi
+srctar=$(ls -1 "$DEBS/${SRCPKG}"_*.orig.tar.* 2>/dev/null | sort -V | tail -1)
+[[ -n $srctar ]] || { echo "real disk: the source package $SRCPKG was not downloaded" >&2; exit 1; }
+
 stage=$(mktemp -d "${TMPDIR:-/tmp}/nasmig-real.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/root"
@@ -42,8 +60,27 @@ versions=()
 for p in "${PKGS[@]}"; do
 	deb=$(ls -1 "$DEBS/${p}"_*.deb | sort -V | tail -1)
 	dpkg-deb -x "$deb" "$stage/root"
-	versions+=("$(dpkg-deb -f "$deb" Package Version | paste -sd=)")
+	versions+=("$(dpkg-deb --showformat='${Package}=${Version}' -W "$deb")")
 done
+mkdir -p "$stage/root/src" "$stage/root/build" "$stage/root/dev" "$stage/root/proc" "$stage/root/tmp"
+chmod 1777 "$stage/root/tmp"
+tar -xf "$srctar" -C "$stage/root/src"
+luasrc=$(cd "$stage/root" && ls -d src/lua-*/src | head -1)
+[[ -n $luasrc ]] || { echo "real disk: no src/ folder in $srctar" >&2; exit 1; }
+# The recipe of the guest's compile workload (tests/guest/init/compile.go):
+# Lua's Makefile for linux-noreadline, every object, then the interpreter.
+{
+	echo "# $(basename "$srctar"): lua's src/Makefile, target linux-noreadline"
+	echo "flags -O2 -Wall -Wextra -DLUA_COMPAT_5_3 -DLUA_USE_LINUX"
+	echo "src /$luasrc"
+	objs=()
+	for c in $(cd "$stage/root/$luasrc" && ls -1 *.c | LC_ALL=C sort); do
+		echo "cc $c"
+		[[ $c == luac.c ]] || objs+=("${c%.c}.o")
+	done
+	echo "link lua ${objs[*]} -lm -Wl,-E -ldl"
+} >"$stage/root/build/recipe"
+versions+=("src:$(basename "$srctar")")
 # Only regular files whose names sha256sum prints as they are.
 (cd "$stage/root" && find . -type f -printf '%P\n' | grep -v -e '\\' | LC_ALL=C sort >"$stage/list")
 (cd "$stage/root" && xargs -d '\n' -a "$stage/list" sha256sum) >"$stage/manifest.sha256"

@@ -88,6 +88,11 @@ func modeByName(name string) (mode, bool) {
 	return mode{}, false
 }
 
+// memoryHotMiB is the memory-hot guest's hot set: rewritten flat out (some
+// 2 GB/s under TCG), it fits in QEMU's default 300 ms downtime at 1 Gbit/s,
+// so pre-copy converges on every profile.
+const memoryHotMiB = 24
+
 // unixProfile is no network: unix sockets on this host, unshaped.
 const unixProfile = "unix"
 
@@ -113,10 +118,16 @@ type row struct {
 	SrcCPUms         int64    `json:"src_cpu_ms"`               // the source QEMU's CPU time during the migration
 	DstCPUms         int64    `json:"dst_cpu_ms"`               // the destination QEMU's, from migrate-incoming to completed
 	TotalTimeMs      int64    `json:"total_time_ms"`
-	DowntimeMs       int64    `json:"downtime_ms"`
-	RAMMatch         bool     `json:"ram_match"`
-	RAMDiff          string   `json:"ram_diff,omitempty"`
-	Verify           string   `json:"verify,omitempty"` // guest verify answer, with -verify
+	SetupTimeMs      int64    `json:"setup_time_ms"`
+	// The workload's own rate while the migration ran on the source, and
+	// in its first seconds on the destination, in thousandths of its rate
+	// before the migration (0: not measured; guestrate.go).
+	RateDuringPermille int64  `json:"rate_during_permille,omitempty"`
+	RateAfterPermille  int64  `json:"rate_after_permille,omitempty"`
+	DowntimeMs         int64  `json:"downtime_ms"`
+	RAMMatch           bool   `json:"ram_match"`
+	RAMDiff            string `json:"ram_diff,omitempty"`
+	Verify             string `json:"verify,omitempty"` // guest verify answer, with -verify
 	outcome
 }
 
@@ -191,7 +202,8 @@ func main() {
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON on stdout (progress goes to stderr)")
 	modeList := flag.String("modes", "stock,nasmig", "comma-separated modes: "+modeNames())
 	workloadList := flag.String("workloads", "pagecache-read", "comma-separated guest workloads: pagecache-read, pagecache-write, "+
-		"mixed, mmap-write, memory-hot (256 MiB rewritten), idle, reader (a guest that keeps reading its disk)")
+		"mixed, mmap-write, memory-hot (24 MiB rewritten flat out), idle, reader (a guest that keeps reading its disk), "+
+		"compile (gcc building Lua over and over, chrooted into the disk of real files: needs -disk real)")
 	profileList := flag.String("profiles", unixProfile, "comma-separated networks: "+profileNames())
 	flag.IntVar(&o.runs, "runs", 1, "migrations per mode (figures are medians)")
 	flag.StringVar(&o.out, "out", "", "folder for results.md and results.csv, or fetch.md and fetch.csv (none: print only)")
@@ -231,7 +243,12 @@ func main() {
 		o.modes = append(o.modes, m)
 	}
 	for _, name := range strings.Split(*workloadList, ",") {
-		o.workloads = append(o.workloads, strings.TrimSpace(name))
+		name = strings.TrimSpace(name)
+		if name == "compile" && o.diskKind != "real" {
+			fmt.Fprintln(os.Stderr, "nasmig-demo: the compile workload needs the toolchain on the disk of real files: -disk real")
+			os.Exit(2)
+		}
+		o.workloads = append(o.workloads, name)
 	}
 	for _, name := range strings.Split(*profileList, ",") {
 		name = strings.TrimSpace(name)
@@ -430,6 +447,15 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 	for k, v := range m.Params {
 		params[k] = v
 	}
+	var rateBefore float64
+	stopWork := func() float64 { return 0 }
+	if hasWorkCount(workload) {
+		if rateBefore, err = rateOver(ctx, src, workload, rateWindow); err != nil {
+			return fail(err)
+		}
+		step("the guest's %s rate before the migration: %.0f/s", workload, rateBefore)
+		stopWork = sampleWork(ctx, src, workload)
+	}
 	srcCPU, dstCPU := cpuTime(src.PID()), cpuTime(dst.PID())
 	stopSampling := sampleTimeline(ctx, src, dst, &r.Timeline)
 	result, err := harness.Migrate(ctx, src, dst, harness.MigrateOpts{
@@ -440,6 +466,7 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		StartPostcopyAfter: m.Postcopy,
 	})
 	stopSampling()
+	r.RateDuringPermille = permille(stopWork(), rateBefore)
 	r.SrcCPUms = (cpuTime(src.PID()) - srcCPU).Milliseconds()
 	r.DstCPUms = (cpuTime(dst.PID()) - dstCPU).Milliseconds()
 	if result != nil {
@@ -449,6 +476,7 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		r.Status = result.Source.Status
 		r.TotalTimeMs = result.Source.TotalTime
 		r.DowntimeMs = result.Source.Downtime
+		r.SetupTimeMs = result.Source.SetupTime
 		if result.Source.RAM != nil {
 			r.TransferredBytes = result.Source.RAM.Transferred
 			r.DirtySyncs = result.Source.RAM.DirtySyncCount
@@ -506,6 +534,15 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		return fail(err)
 	}
 	step("guest alive on the destination: heartbeat went from n=%d (source) to %q", lastBeat, strings.TrimPrefix(line.Text, "nasmig: "))
+	if rateBefore > 0 {
+		after, err := rateOver(ctx, dst, workload, rateWindow)
+		if err != nil {
+			return fail(err)
+		}
+		r.RateAfterPermille = permille(after, rateBefore)
+		step("the guest's %s rate: %.2fx of the rate before while migrating, %.2fx in its first seconds on the destination",
+			workload, float64(r.RateDuringPermille)/1000, float64(r.RateAfterPermille)/1000)
+	}
 	if o.verify {
 		step("asking the guest to verify every file it read (sha256 against the manifest)")
 		verifyCtx, cancelVerify := context.WithTimeout(ctx, 15*time.Minute)
@@ -518,6 +555,11 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		r.Verify = fmt.Sprintf("PASS (%d files)", checked)
 		step("verify: %s", r.Verify)
 	}
+	statusCtx, cancelStatus := context.WithTimeout(ctx, 30*time.Second)
+	if status, _, err := guestStatus(statusCtx, dst); err == nil {
+		step("guest status on the destination: %s", status)
+	}
+	cancelStatus()
 	run.ok = true
 	return r
 }
@@ -579,8 +621,11 @@ func startGuest(ctx context.Context, env harness.Env, accel string, o options, p
 	}
 
 	mib := o.mib
-	if workload == "idle" || workload == "memory-hot" {
-		mib = -1 // the workload's default: idle reads nothing, memory-hot rewrites 256 MiB
+	switch workload {
+	case "idle":
+		mib = -1 // reads nothing
+	case "memory-hot":
+		mib = memoryHotMiB
 	}
 	cmdline := harness.GuestCmdline(workload, mib, true)
 	if mib < 0 {
@@ -868,8 +913,8 @@ func medianOf[R any, V cmp.Ordered](rows []R, keep func(R) bool, figure func(R) 
 func summaryTable(o options, rows []row) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "| network | workload | mode | runs ok | total ms | vs stock | downtime ms | MiB on the link | vs stock "+
-		"| references | coverage | MiB fetched | mean read KiB | dirty syncs | source CPU s | dest. CPU s |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		"| references | coverage | MiB fetched | mean read KiB | dirty syncs | source CPU s | dest. CPU s | setup ms | guest rate during, after |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ratio := func(v, base int64) string {
 		if base == 0 {
 			return "-"
@@ -893,11 +938,16 @@ func summaryTable(o options, rows []row) string {
 			if oracle := med(func(r row) int64 { return r.OraclePages }); oracle > 0 {
 				coverage = fmt.Sprintf("%.1f%%", 100*float64(med(func(r row) int64 { return r.RefPages }))/float64(oracle))
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %d of %d | %d | %s | %d | %.1f | %s | %d | %s | %.1f | %s | %d | %.1f | %.1f |\n",
+			guestRate := "-"
+			if during := med(func(r row) int64 { return r.RateDuringPermille }); during > 0 {
+				guestRate = fmt.Sprintf("%.2fx, %.2fx", float64(during)/1000, float64(med(func(r row) int64 { return r.RateAfterPermille }))/1000)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %d of %d | %d | %s | %d | %.1f | %s | %d | %s | %.1f | %s | %d | %.1f | %.1f | %d | %s |\n",
 				p, w, m.Name, n, o.runs, t, ratio(t, baseTime), med(func(r row) int64 { return r.DowntimeMs }),
 				float64(by)/(1<<20), ratio(by, baseBytes), med(func(r row) int64 { return r.RefPages }), coverage,
 				float64(fetchBytes)/(1<<20), meanRead, med(func(r row) int64 { return r.DirtySyncs }),
-				float64(med(func(r row) int64 { return r.SrcCPUms }))/1000, float64(med(func(r row) int64 { return r.DstCPUms }))/1000)
+				float64(med(func(r row) int64 { return r.SrcCPUms }))/1000, float64(med(func(r row) int64 { return r.DstCPUms }))/1000,
+				med(func(r row) int64 { return r.SetupTimeMs }), guestRate)
 		}
 	}
 	return b.String()
@@ -963,13 +1013,13 @@ func writeResults(o options, rows []row) error {
 	}
 	header := []string{"profile", "workload", "mode", "run", "status", "total_ms", "downtime_ms", "transferred_bytes", "ref_pages",
 		"fetched_pages", "fetch_bytes", "fetch_reads", "dirty_syncs", "src_cpu_ms", "dst_cpu_ms", "page_cache_mib", "oracle_pages",
-		"ram_match", "error"}
+		"setup_ms", "rate_during_permille", "rate_after_permille", "ram_match", "error"}
 	i64 := func(v int64) string { return strconv.FormatInt(v, 10) }
 	return writeCSV(filepath.Join(o.out, "results.csv"), header, rows, func(r row) []string {
 		return []string{r.Profile, r.Workload, r.Mode, strconv.Itoa(r.Run), r.Status, i64(r.TotalTimeMs), i64(r.DowntimeMs),
 			i64(r.TransferredBytes), i64(r.RefPages), i64(r.FetchedPages), i64(r.FetchBytes), i64(r.FetchReads),
 			i64(r.DirtySyncs), i64(r.SrcCPUms), i64(r.DstCPUms), strconv.Itoa(r.PageCacheMiB), i64(r.OraclePages),
-			strconv.FormatBool(r.RAMMatch), r.Error}
+			i64(r.SetupTimeMs), i64(r.RateDuringPermille), i64(r.RateAfterPermille), strconv.FormatBool(r.RAMMatch), r.Error}
 	})
 }
 

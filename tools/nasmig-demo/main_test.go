@@ -67,3 +67,27 @@ func TestSummaryAndPlots(t *testing.T) {
 		t.Errorf("timeline: want 3 lines:\n%s", tl)
 	}
 }
+
+// The guest's slowdown comes from the workload's own counts in its answer
+// to "status"; a workload without one is not measured.
+func TestWorkCount(t *testing.T) {
+	for _, c := range []struct {
+		workload, text string
+		want           int64
+		ok             bool
+	}{
+		{"memory-hot", "pass=3 cursor=100 written-pages=1636 cached-mib=20 dirty-kib=0 uptime-s=12.00", 1636, true},
+		{"mixed", "reads=40 writes=2 problems=0 cached-mib=900", 42, true},
+		{"reader", "reads=7 cached-mib=900", 7, true},
+		{"pagecache-read", "files=100 cached-mib=1200", 0, false},
+		{"memory-hot", "not ready; uptime-s=1.00", 0, false},
+	} {
+		got, ok := workCount(c.workload, c.text)
+		if got != c.want || ok != c.ok {
+			t.Errorf("workCount(%s, %q) = %d, %v; want %d, %v", c.workload, c.text, got, ok, c.want, c.ok)
+		}
+	}
+	if !hasWorkCount("mixed") || hasWorkCount("idle") || hasWorkCount("mmap-write") {
+		t.Error("hasWorkCount: want mixed only of mixed, idle, mmap-write")
+	}
+}

@@ -15,9 +15,10 @@ const (
 	wlMemoryHot      = "memory-hot"
 	wlIdle           = "idle"
 	wlReader         = "reader"
+	wlCompile        = "compile"
 )
 
-var workloadNames = []string{wlPagecacheRead, wlPagecacheWrite, wlMixed, wlMmapWrite, wlMemoryHot, wlIdle, wlReader}
+var workloadNames = []string{wlPagecacheRead, wlPagecacheWrite, wlMixed, wlMmapWrite, wlMemoryHot, wlIdle, wlReader, wlCompile}
 
 // config is what /init takes from the kernel command line.
 type config struct {

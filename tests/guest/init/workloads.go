@@ -45,6 +45,8 @@ func newWorkload(cfg config) workload {
 		return &memoryHot{mib: cfg.mibOr(256)}
 	case wlReader:
 		return &reader{read: pagecacheRead{mib: cfg.mibOr(0)}, seed: cfg.Seed}
+	case wlCompile:
+		return &compile{read: pagecacheRead{mib: cfg.mibOr(0), first: compileFirst}}
 	default:
 		return idle{}
 	}
@@ -689,11 +691,12 @@ func (w *mmapWrite) status() string {
 // memoryHot rewrites mib MiB of anonymous memory continuously: pass n
 // writes hotWord(n, page, word) into every word, page by page.
 type memoryHot struct {
-	mib    int
-	mu     sync.Mutex
-	mem    []byte
-	pass   uint64 // the pass being written
-	cursor int    // pages [0, cursor) hold pass, the rest pass-1
+	mib     int
+	mu      sync.Mutex
+	mem     []byte
+	pass    uint64 // the pass being written
+	cursor  int    // pages [0, cursor) hold pass, the rest pass-1
+	written uint64 // pages written since setup: the workload's rate
 }
 
 const hotChunkPages = 64
@@ -723,6 +726,7 @@ func (w *memoryHot) run() {
 		for p := w.cursor; p < end; p++ {
 			fillHotPage(w.mem[p*gen.BlockSize:(p+1)*gen.BlockSize], w.pass, uint64(p))
 		}
+		w.written += uint64(end - w.cursor)
 		w.cursor = end
 		if w.cursor == pages {
 			w.pass++
@@ -753,7 +757,7 @@ func (w *memoryHot) verify(r *report) {
 func (w *memoryHot) status() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return fmt.Sprintf("pass=%d cursor=%d", w.pass, w.cursor)
+	return fmt.Sprintf("pass=%d cursor=%d written-pages=%d", w.pass, w.cursor, w.written)
 }
 
 type idle struct{}
