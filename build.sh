@@ -50,10 +50,10 @@ commands:
   bench-migration [--quick] [nasmig-demo flags]
           build, then migrate a 2 GiB guest with 1200 MiB of page cache in every stock
           mode and with nasmig, 3 runs each, on three emulated networks (namespaces
-          and tc: fast-storage, equal-links, 10g); other workloads, a disk of real
+          and tc: fast-storage, equal-links, 10g); other workloads, a compiler on a disk of real
           files, and the destination's fetch alone beside a plain reader: medians,
           ratios to stock pre-copy on the same network, Markdown and CSV in
-          \$NASMIG_CACHE/bench/* (about 2.5 hours under TCG; --quick: fast-storage,
+          \$NASMIG_CACHE/bench/* (about 3 hours under TCG; --quick: fast-storage,
           3 modes, 1 run, and the fetch alone: about 8 minutes)
   check-series
           build the pinned QEMU once per patch of qemu-patches/series, each on top of
@@ -422,9 +422,10 @@ do_bench_migration() {
 	test_env
 	# Every stock mode and nasmig on each emulated network (network
 	# namespaces and tc, torn down at the end), medians of 3 runs; the
-	# other workloads and the disk of real files on the usual data-center
+	# other workloads and the disk of real files (reading it, and a compiler
+	# building from it) on the usual data-center
 	# network; the destination's fetch alone beside a plain reader.  About
-	# 2.5 hours.  --quick: one network, the three modes that matter most,
+	# 3 hours.  --quick: one network, the three modes that matter most,
 	# one run each, and the fetch alone (about 8 minutes).  Every part
 	# defers the machine's free page reporting and touches memory before
 	# each run (-warm-memory, see tools/nasmig-demo/hostmem.go) and counts
