@@ -279,6 +279,15 @@ void nasmig_lib_read_done(uint64_t cookie, int ret)
     wake_go();
 }
 
+/* Whether page holds exactly the block r refers to (its 128-bit hash). */
+static int ref_holds(const struct nasmig_fetch_req *r, const void *page)
+{
+    uint64_t h[2];
+
+    nasmig_hash_page(&nasmig_g.mig_key, page, h);
+    return h[0] == r->hash[0] && h[1] == r->hash[1];
+}
+
 /*
  * Verifies each block against its reference and fills the page.  A page
  * whose generation moved on (a later record) is left alone.
@@ -291,11 +300,9 @@ void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
     for (i = 0; i < n; i++) {
         const struct nasmig_fetch_req *r = &reqs[i];
         uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
-        uint64_t h[2];
         uint32_t old;
 
-        nasmig_hash_page(&nasmig_g.mig_key, bufs[i], h);
-        if (h[0] != r->hash[0] || h[1] != r->hash[1]) {
+        if (!ref_holds(r, bufs[i])) {
             results[i] = NASMIG_MISMATCH;
             continue;
         }
@@ -369,13 +376,9 @@ void nasmig_map_if_block(const struct nasmig_fetch_req *reqs, unsigned n,
     unsigned i;
 
     for (i = 0; i < n; i++) {
-        const struct nasmig_fetch_req *r = &reqs[i];
-        uint64_t h[2];
-
-        nasmig_hash_page(&nasmig_g.mig_key, r->host, h);
-        out[i] = h[0] == r->hash[0] && h[1] == r->hash[1];
+        out[i] = ref_holds(&reqs[i], reqs[i].host);
         if (out[i]) {
-            dest_map_filled(r, r->host);
+            dest_map_filled(&reqs[i], reqs[i].host);
         }
     }
 }

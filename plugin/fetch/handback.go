@@ -217,8 +217,22 @@ func (h *handBack) settle(f *Fetcher, now time.Time, all bool) {
 // they hold their block, so that hand-back does not cost the next migration
 // its references; the others are looked at again when the stream has ended.
 func (h *handBack) mapArrived(reqs []cshim.FetchReq) {
+	h.recheck = append(h.recheck, h.mapIfBlock(reqs)...)
+}
+
+// mapRechecked runs once every page has been loaded (the verification gate
+// at the stream's end): a handed-back page that holds its block now is
+// mapped; one the guest changed is not.
+func (h *handBack) mapRechecked() {
+	h.mapIfBlock(h.recheck)
+	h.recheck = nil
+}
+
+// mapIfBlock maps and counts the pages of reqs that hold their block and
+// returns the others.
+func (h *handBack) mapIfBlock(reqs []cshim.FetchReq) (unmapped []cshim.FetchReq) {
 	if len(reqs) == 0 {
-		return
+		return nil
 	}
 	mapped := make([]uint8, len(reqs))
 	cshim.MapIfBlock(reqs, mapped)
@@ -226,22 +240,8 @@ func (h *handBack) mapArrived(reqs []cshim.FetchReq) {
 		if m != 0 {
 			h.mapped++
 		} else {
-			h.recheck = append(h.recheck, reqs[i])
+			unmapped = append(unmapped, reqs[i])
 		}
 	}
-}
-
-// mapRechecked runs once every page has been loaded (the verification gate
-// at the stream's end): a handed-back page that holds its block now is
-// mapped; one the guest changed is not.
-func (h *handBack) mapRechecked() {
-	if len(h.recheck) == 0 {
-		return
-	}
-	mapped := make([]uint8, len(h.recheck))
-	cshim.MapIfBlock(h.recheck, mapped)
-	for _, m := range mapped {
-		h.mapped += uint64(m)
-	}
-	h.recheck = nil
+	return unmapped
 }

@@ -112,8 +112,8 @@ func (w *compile) setup() error {
 		return err
 	}
 	// The toolchain and the sources are on the disk's manifest: read them
-	// (and the rest, up to mib) into the page cache, then one pass: the
-	// objects every later pass must reproduce come from run's first pass.
+	// (and the rest, up to mib) into the page cache.  The objects every
+	// later pass must reproduce come from run's first pass.
 	if err := w.read.setup(); err != nil {
 		return err
 	}
