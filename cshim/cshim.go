@@ -30,7 +30,7 @@ const (
 	ModeOff          = C.NASMIG_MODE_OFF
 	ModeLive         = C.NASMIG_MODE_LIVE
 	ModeSave         = C.NASMIG_MODE_SAVE
-	RPApprove        = C.NASMIG_RP_APPROVE
+	RPCaughtUp       = C.NASMIG_RP_CAUGHT_UP
 	RPError          = C.NASMIG_RP_ERROR
 	RPResend         = C.NASMIG_RP_RESEND
 	RPDiskOff        = C.NASMIG_RP_DISK_OFF

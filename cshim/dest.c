@@ -213,6 +213,8 @@ int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
     req->hash[1] = get_be64(wire + 18);
     req->host = host;
     nasmig_ring_publish(&nasmig_req_ring, pos);
+    /* After the publish: Go pops every reference this count includes. */
+    __atomic_add_fetch(&nasmig_g.refs_received, 1, __ATOMIC_RELEASE);
     wake_go();
     return 0;
 }
@@ -450,6 +452,7 @@ void nasmig_dest_reset(void)
     nasmig_g.flush_ack = nasmig_g.flush_req;
     nasmig_g.flush_waiting = 0;
     nasmig_g.first_ref_ns = 0;
+    nasmig_g.refs_received = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -504,6 +507,12 @@ void nasmig_clear_barrier_req(void)
 void nasmig_set_finish_state(int state)
 {
     __atomic_store_n(&nasmig_g.finish_state, state, __ATOMIC_SEQ_CST);
+}
+
+/* References received in this migration (NASMIG_RP_CAUGHT_UP's count). */
+uint64_t nasmig_refs_received(void)
+{
+    return __atomic_load_n(&nasmig_g.refs_received, __ATOMIC_ACQUIRE);
 }
 
 /* When the first reference arrived (0: none yet). */

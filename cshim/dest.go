@@ -114,6 +114,11 @@ func ClearBarrierRequest() { C.nasmig_clear_barrier_req() }
 // SetFinishState publishes the outcome of dest_finish: FinishOK or FinishFailed.
 func SetFinishState(s int32) { C.nasmig_set_finish_state(C.int(s)) }
 
+// RefsReceived counts the references received in this migration.  Read it
+// before ReqPop: once a pop leaves the queue empty, every reference the
+// count includes has been popped.
+func RefsReceived() uint64 { return uint64(C.nasmig_refs_received()) }
+
 // FirstRefNS is when the destination saw its first reference (0: none).
 func FirstRefNS() uint64 { return uint64(C.nasmig_first_ref_ns()) }
 

@@ -72,13 +72,6 @@ void nasmig_call_kick(void)
     }
 }
 
-void nasmig_call_approve_switchover(int force)
-{
-    if (host_ops && host_ops->approve_switchover) {
-        host_ops->approve_switchover(force);
-    }
-}
-
 /* ------------------------------------------------------------------ */
 
 int nasmig_shim_init(unsigned ring_slots)

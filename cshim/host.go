@@ -88,7 +88,3 @@ func SendToSource(msg []byte) error {
 
 // Kick wakes QEMU's main loop.
 func Kick() { C.nasmig_call_kick() }
-
-// ApproveSwitchover tells QEMU the fetch has caught up: it approves the
-// switchover once the source's first pass has arrived, or at once (force).
-func ApproveSwitchover(force bool) { C.nasmig_call_approve_switchover(cbool(force)) }

@@ -35,12 +35,15 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 7
+#define NASMIG_ABI_VERSION 8
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
 
-/* How long the source's migration thread waits for the approval at a time. */
+/*
+ * How long the source's migration thread waits at a time for the
+ * destination to catch up (NASMIG_RP_CAUGHT_UP).
+ */
 #define NASMIG_HOLD_POLL_MS 100
 
 /* References are whole 4 KiB pages mapped to 4 KiB-aligned disk offsets. */
@@ -68,17 +71,18 @@ extern "C" {
 
 /* The setup section ("nasmig" savevm section) and its size cap. */
 #define NASMIG_SECTION_NAME "nasmig"
-#define NASMIG_SECTION_VERSION 2
+#define NASMIG_SECTION_VERSION 3
 #define NASMIG_SETUP_MAX_BYTES (1u << 20)
 
 /*
  * Setup flags (the u16 after the setup section's version).
  * HOLD: a live migration with a return path: the source holds the
- * switchover until the destination approves it (NASMIG_RP_APPROVE), so
- * the fetch left at switchover, which is downtime, stays small; its final
- * pass, and any pass after the approval, send pages.  Without
- * it (a save to a file, a stopped guest) the destination verifies every
- * reference when the stream ends and approves nothing.
+ * switchover until the destination reports that its fetch has filled
+ * every reference the source sent (NASMIG_RP_CAUGHT_UP), so the fetch
+ * left at switchover, which is downtime, stays small; its final pass, and
+ * any pass after such a report once its first pass is out, send pages.
+ * Without it (a save to a file, a stopped guest) the destination verifies
+ * every reference when the stream ends and reports nothing.
  */
 #define NASMIG_SETUP_FLAG_HOLD 0x1
 
@@ -87,8 +91,15 @@ extern "C" {
  * MIG_RP_MSG_NASMIG): u8 kind, then kind-specific bytes, at most
  * NASMIG_RP_MAX_BYTES in all.  Only sent when the source's setup section
  * arrived, so only to a source that understands it.
+ *
+ * NASMIG_RP_CAUGHT_UP: the fetch has filled (or handed back, or found
+ * failed and asked for) every reference of this migration up to the
+ * count-th one received: be64 count.  References travel on the main channel only, in order, so
+ * the source compares the count with the references it sent: equal, and
+ * its first pass out, the switchover may happen at once.  Sent whenever
+ * the count grows while the fetch is caught up.
  */
-#define NASMIG_RP_APPROVE 1 /* the fetch has caught up: switch over */
+#define NASMIG_RP_CAUGHT_UP 1
 #define NASMIG_RP_ERROR 2   /* UTF-8 text: why the destination failed */
 /*
  * A reference failed verification (or its disk cannot be read here): send
@@ -213,17 +224,6 @@ struct nasmig_host {
 
     /* Wakes QEMU's main loop (a fill it waits for has finished). */
     void (*kick)(void);
-
-    /*
-     * Destination, only when the setup carried NASMIG_SETUP_FLAG_HOLD: the
-     * fetch has caught up with the references received so far.  QEMU sends
-     * NASMIG_RP_APPROVE (once) when every page of the source's first pass
-     * has arrived, or at once when force is set.  The library owns the
-     * timing: it repeats the call while caught up, and forces when the
-     * first pass never completes (pages never sent: free page hints).
-     * Callable from any thread.
-     */
-    void (*approve_switchover)(int force);
 
     /*
      * Destination: sends one NASMIG_RP_* message (kind byte first, at most
@@ -371,9 +371,9 @@ struct nasmig_lib {
 
     /*
      * Source, migration thread, NASMIG_MODE_LIVE: little is left to send
-     * but the destination has not approved the switchover.  Returns
-     * NASMIG_HOLD_WAIT to hold on (QEMU then sends nothing and waits up to
-     * NASMIG_HOLD_POLL_MS for the approval, or for any message of the
+     * but the destination has not caught up with the references sent.
+     * Returns NASMIG_HOLD_WAIT to hold on (QEMU then sends nothing and waits
+     * up to NASMIG_HOLD_POLL_MS for NASMIG_RP_CAUGHT_UP, or for any message of the
      * destination, before it asks again); NASMIG_HOLD_SEND when the
      * destination asked for pages in full (NASMIG_RP_SEND_FULL): QEMU
      * sends what is dirty now, then asks again; NASMIG_HOLD_EXPIRED once

@@ -187,6 +187,8 @@ struct nasmig_shared {
     uint32_t flush_waiting_for; /* QEMU's side: the request it waits on */
     int flush_waiting;
     uint64_t first_ref_ns;
+    /* references received (published for Go) in this migration */
+    uint64_t refs_received;
     struct nasmig_stats stats;
     char err[1024];
 };
@@ -286,6 +288,7 @@ int nasmig_finish_req(void);
 void nasmig_clear_barrier_req(void);
 void nasmig_set_finish_state(int state);
 uint64_t nasmig_first_ref_ns(void);
+uint64_t nasmig_refs_received(void);
 
 /* The entry points QEMU gets (also called directly by tests). */
 int nasmig_lib_ramblock_add(const char *idstr, uint64_t max_length);
@@ -340,7 +343,6 @@ int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,
                             char *err, size_t errlen);
 void nasmig_call_kick(void);
 int nasmig_call_send_to_source(const uint8_t *buf, size_t len);
-void nasmig_call_approve_switchover(int force);
 int nasmig_fetch_work_ready(void);
 void nasmig_set_host(const struct nasmig_host *host);
 

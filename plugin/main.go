@@ -450,8 +450,8 @@ func nasmigDestCleanup(failed C.int) {
 	if !t.FinishSeen.IsZero() && !t.FinishDone.IsZero() {
 		ev = ev.Dur("verification_gate_wait", t.FinishDone.Sub(t.FinishSeen)).Int("fetch_pending_at_gate", t.GatePending)
 	}
-	if !t.FirstApproval.IsZero() && !t.FinishSeen.IsZero() {
-		ev = ev.Dur("caught_up_to_gate", t.FinishSeen.Sub(t.FirstApproval))
+	if !t.FirstCaughtUp.IsZero() && !t.FinishSeen.IsZero() {
+		ev = ev.Dur("caught_up_to_gate", t.FinishSeen.Sub(t.FirstCaughtUp))
 	}
 	if st.HandedBack() > 0 {
 		ev = ev.Uint64("handed_back", st.HandedBack()).Uint64("handed_back_came_in_full", t.HandBackArrived).

@@ -57,6 +57,31 @@ func startDestination(t *testing.T, name string, npages int, seed uint64, hold, 
 	return d
 }
 
+// splitMessages separates what the destination sent to the source into
+// CAUGHT_UP counts and the rest; a CAUGHT_UP in front of a message means
+// the source read that message first.
+func splitMessages(t *testing.T, msgs [][]byte) (others [][]byte, caughtUp []uint64) {
+	t.Helper()
+	for _, b := range msgs {
+		if len(b) > 0 && b[0] == cshim.RPCaughtUp {
+			n, err := wire.DecodeCaughtUp(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(caughtUp) > 0 && n <= caughtUp[len(caughtUp)-1] {
+				t.Errorf("caught-up counts %v then %d: each report must add references", caughtUp, n)
+			}
+			caughtUp = append(caughtUp, n)
+			continue
+		}
+		if len(caughtUp) > 0 && caughtUp[len(caughtUp)-1] == uint64(cshim.RefsReceived()) {
+			t.Errorf("message % x came after the caught-up report of every reference", b[:min(len(b), 4)])
+		}
+		others = append(others, b)
+	}
+	return others, caughtUp
+}
+
 // The destination's side of a live migration, driven through the ABI as
 // QEMU's loader drives it, with a host whose read_disk reads a disk image
 // in memory: references whose block verifies fill their page and enter this
@@ -68,6 +93,7 @@ func TestDestinationFillsMapsAndAsksForFailedPages(t *testing.T) {
 	const bad = 5 // the page whose reference carries the wrong hash
 	dst := startDestination(t, "fallback", npages, 7, true, false)
 	rb, ram, disk := dst.rb, dst.ram, dst.disk
+	earlier := len(cabitest.Messages()) // earlier tests' messages stay
 	m := p2b.New()
 
 	for p := uint64(0); p < npages; p++ {
@@ -81,16 +107,26 @@ func TestDestinationFillsMapsAndAsksForFailedPages(t *testing.T) {
 			t.Fatalf("page %d: ref_received %d", p, rc)
 		}
 	}
+	// The fetch tells the source it caught up with all npages references
+	// once the good ones are filled and the bad one asked for, and only
+	// after asking: the source must mark that page dirty before it reads
+	// the count, or its final pass would miss the page.
 	deadline := time.Now().Add(10 * time.Second)
+	var asks [][]byte
 	for {
-		st := cshim.StatsSnapshot()
-		if st.FetchedPages() == npages-1 && len(cabitest.Messages()) > 0 {
+		var caughtUp []uint64
+		asks, caughtUp = splitMessages(t, cabitest.Messages()[earlier:])
+		if n := len(caughtUp); n > 0 && caughtUp[n-1] == npages {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 10 s: fetched %d of %d, messages %d", st.FetchedPages(), npages-1, len(cabitest.Messages()))
+			st := cshim.StatsSnapshot()
+			t.Fatalf("after 10 s: fetched %d of %d, messages %d, caught up %v", st.FetchedPages(), npages-1, len(asks), caughtUp)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	if st := cshim.StatsSnapshot(); st.FetchedPages() != npages-1 || len(asks) != 1 {
+		t.Fatalf("caught up with %d references, but fetched %d (want %d) and %d messages besides (want 1)", npages, st.FetchedPages(), npages-1, len(asks))
 	}
 	for p := uint64(0); p < npages; p++ {
 		got, want := ram[p*cshim.PageSize:(p+1)*cshim.PageSize], disk[p*cshim.PageSize:(p+1)*cshim.PageSize]
@@ -98,7 +134,7 @@ func TestDestinationFillsMapsAndAsksForFailedPages(t *testing.T) {
 			t.Errorf("page %d: filled %v, want %v", p, filled, p != bad)
 		}
 	}
-	msg, err := wire.DecodeSourceMsg(cabitest.Messages()[0])
+	msg, err := wire.DecodeSourceMsg(asks[0])
 	want := wire.SourceMsg{Kind: cshim.RPResend, Disk: 0, DiskOffset: bad * cshim.PageSize, RAMOffset: bad * cshim.PageSize, RAMBlock: "fallback-ram"}
 	if err != nil || msg != want {
 		t.Fatalf("message to the source: %+v (%v), want %+v", msg, err, want)

@@ -42,18 +42,33 @@ func TestFetchHandsBackWhenBehind(t *testing.T) {
 		}
 	}
 
-	// The source: send in full what the destination hands back.
+	// The source: send in full what the destination hands back, each
+	// message's pages answerDelay after it came (a link with its pass still
+	// under way), so the fetch may finish its part while pages handed back
+	// are still on their way: it must not report every reference caught
+	// up before they come.
+	const answerDelay = 300 * time.Millisecond
+	var seenAt []time.Time
 	full := map[uint64]bool{}
-	answered := len(cabitest.Messages()) // earlier tests' messages stay
-	before := answered
+	earlier := len(cabitest.Messages()) // earlier tests' messages stay
+	answered := 0
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if st := cshim.StatsSnapshot(); st.PendingPages() == 0 {
+		asks, caughtUp := splitMessages(t, cabitest.Messages()[earlier:])
+		st := cshim.StatsSnapshot()
+		if n := len(caughtUp); n > 0 && caughtUp[n-1] == npages && st.PendingPages() > 0 {
+			// Pages only leave pending now; reported before this read, the
+			// report came with pages handed back and not yet come.
+			t.Fatalf("caught up with every reference reported while %d pages were pending", st.PendingPages())
+		}
+		if st.PendingPages() == 0 {
 			break
 		}
-		msgs := cabitest.Messages()
-		for ; answered < len(msgs); answered++ {
-			m, err := wire.DecodeSourceMsg(msgs[answered])
+		for len(seenAt) < len(asks) {
+			seenAt = append(seenAt, time.Now())
+		}
+		for ; answered < len(asks) && time.Since(seenAt[answered]) >= answerDelay; answered++ {
+			m, err := wire.DecodeSourceMsg(asks[answered])
 			if err != nil || m.Kind != cshim.RPSendFull || m.Disk != 0 {
 				t.Fatalf("message %d to the source: %+v (%v), want SEND_FULL of disk 0", answered, m, err)
 			}
@@ -95,8 +110,18 @@ func TestFetchHandsBackWhenBehind(t *testing.T) {
 			runs++
 		}
 	}
-	if full[0] || runs > answered-before {
-		t.Errorf("handed back the first page %v; %d runs of pages in %d messages", full[0], runs, answered-before)
+	if full[0] || runs > answered {
+		t.Errorf("handed back the first page %v; %d runs of pages in %d messages", full[0], runs, answered)
+	}
+	// And then, with every page filled or come, it caught up with all.
+	for {
+		if _, caughtUp := splitMessages(t, cabitest.Messages()[earlier:]); len(caughtUp) > 0 && caughtUp[len(caughtUp)-1] == npages {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no caught-up report of every reference after the last page came")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if !bytes.Equal(ram, disk) {
 		t.Error("RAM differs from the disk after the fetch and the full pages")
@@ -113,5 +138,5 @@ func TestFetchHandsBackWhenBehind(t *testing.T) {
 	if unmapped != 0 {
 		t.Errorf("%d of %d pages not mapped after the migration (%d came in full)", unmapped, npages, len(full))
 	}
-	t.Logf("%d pages: %d fetched, %d handed back and sent in full, %d messages", npages, st.FetchedPages(), len(full), answered-before)
+	t.Logf("%d pages: %d fetched, %d handed back and sent in full, %d messages", npages, st.FetchedPages(), len(full), answered)
 }

@@ -81,27 +81,19 @@ type Fetcher struct {
 	errs     []string
 	nerrs    int
 
-	// Switchover approval: while nothing is queued or in flight and no
-	// reference arrived for quietBeforeApproval, the fetch has caught up;
-	// QEMU approves once the source's first pass is over too, so what
-	// remains to fetch at switchover (downtime) is small.
-	lastRef      time.Time
-	lastCaughtUp time.Time
-	// caughtUpSince: the start of the current run of caught-up answers.
-	caughtUpSince time.Time
-	// refs counts the references that arrived in the current and the
-	// previous quietBeforeApproval window: a guest that keeps reading its
-	// disk keeps a trickle coming, which must not hold the switchover for
-	// ever.
-	windowStart          time.Time
-	windowRefs, prevRefs int
-	// hold: the source waits for the approval (a live migration with a
-	// return path); without it nothing is approved and nothing can be
+	// Switchover: the source holds it until this side reports that the
+	// fetch has caught up with every reference it sent (reportCaughtUp),
+	// so what remains to fetch at switchover (downtime) is small.
+	// popped: references of this migration taken off the C queue (every
+	// one up to this count is queued, in flight, filled or failed);
+	// reported: the count last sent to the source.
+	popped, reported uint64
+	reportFailed     bool
+	lastRef          time.Time
+	// hold: the source waits for the report (a live migration with a
+	// return path); without it nothing is reported and nothing can be
 	// asked from the source.
 	hold bool
-	// lastResend: when a page was last asked from the source; the
-	// switchover waits a moment so the answer rides in the next pass.
-	lastResend time.Time
 
 	handBack handBack
 
@@ -121,7 +113,7 @@ type Timings struct {
 	FlushWaits     int           // sync points that found fills pending
 	FlushWaitTotal time.Duration // the stream stood still this long in all
 	FlushWaitMax   time.Duration
-	FirstApproval  time.Time // first time the fetch reported caught up
+	FirstCaughtUp  time.Time // first time the fetch reported caught up
 	RefsAfter      int       // references that arrived after it
 	FinishSeen     time.Time // the verification gate was reached
 	GatePending    int       // references queued or in flight then (downtime)
@@ -140,23 +132,9 @@ func (f *Fetcher) Timings() Timings {
 	return t
 }
 
-// resendSettle is how long after asking the source for a page the fetch
-// still holds the switchover, so the page comes in a pass of its own
-// rather than racing the last one.
-const resendSettle = 500 * time.Millisecond
-
-const (
-	quietBeforeApproval = 200 * time.Millisecond
-	noRefsApproval      = 3 * time.Second
-	caughtUpInterval    = 100 * time.Millisecond
-	// firstPassGrace: caught up this long, the switchover is approved even
-	// if QEMU has not seen every page of the first pass arrive (a guest
-	// with free page hinting never sends some).
-	firstPassGrace = 2 * time.Second
-	// trickleRefs: while caught up, this many references per window (1 MiB
-	// of fetch) count as quiet: fetching them at switchover costs little.
-	trickleRefs = 256
-)
+// refsQuiet: no reference for this long, and the source's pass is out
+// (its link idles in the hold).
+const refsQuiet = 200 * time.Millisecond
 
 // Start launches the worker; it sleeps on an eventfd that C writes to.
 // handBackOn: hand references back to the source while the fetch is behind
@@ -219,22 +197,17 @@ func (f *Fetcher) run() {
 	reqs := make([]cshim.FetchReq, 1024)
 	dones := make([]cshim.FetchDone, 64)
 	var stopAt time.Time
-	started := time.Now()
 	for {
 		busy := false
-		if n := cshim.ReqPop(reqs); n > 0 {
+		received := cshim.RefsReceived()
+		n := cshim.ReqPop(reqs)
+		if n < len(reqs) {
+			f.popped = received
+		}
+		if n > 0 {
 			busy = true
 			f.lastRef = time.Now()
-			if gap := f.lastRef.Sub(f.windowStart); gap >= quietBeforeApproval {
-				// A new window; the last one counts only if it just ended.
-				f.prevRefs = f.windowRefs
-				if gap >= 2*quietBeforeApproval {
-					f.prevRefs = 0
-				}
-				f.windowRefs, f.windowStart = 0, f.lastRef
-			}
-			f.windowRefs += n
-			if !f.timings.FirstApproval.IsZero() {
+			if !f.timings.FirstCaughtUp.IsZero() {
 				f.timings.RefsAfter += n
 			}
 			f.enqueue(reqs[:n], false)
@@ -264,7 +237,7 @@ func (f *Fetcher) run() {
 			f.issue(false)
 		}
 		f.settle()
-		f.maybeApprove(started)
+		f.reportCaughtUp()
 		f.handBackTick(time.Now())
 		select {
 		case <-f.stop:
@@ -288,38 +261,33 @@ func (f *Fetcher) run() {
 	}
 }
 
-// maybeApprove tells QEMU, every caughtUpInterval, that the fetch has
-// caught up: nothing queued or in flight (failed pages wait for the final
-// re-read anyway) and no reference for quietBeforeApproval after the first
-// one, or at most a trickle of them (a guest that keeps reading its disk),
-// or none at all for noRefsApproval (a guest with nothing mapped).  QEMU
-// approves the switchover once the source's first pass has arrived, or
-// once the fetch has been caught up for firstPassGrace.
-func (f *Fetcher) maybeApprove(started time.Time) {
-	if !f.hold || f.queued.len() > 0 || len(f.inflight) > 0 || time.Since(f.lastCaughtUp) < caughtUpInterval ||
-		time.Since(f.lastResend) < resendSettle {
-		return
-	}
-	if f.lastRef.IsZero() {
-		if time.Since(started) < noRefsApproval {
-			return
-		}
-	} else if time.Since(f.lastRef) < quietBeforeApproval && f.windowRefs+f.prevRefs > trickleRefs {
+// reportCaughtUp tells the source how many references the fetch has
+// caught up with, whenever that count grows: every reference popped is
+// filled, or failed (the source was asked for the page: that message went
+// first on the same return path, so the source marks the page dirty before
+// it reads the count, and its final pass carries it), and nothing is
+// queued, in flight or handed back and still on its way.  The source
+// compares the count with the references it sent, so no timer here guesses
+// whether more are coming.
+func (f *Fetcher) reportCaughtUp() {
+	if !f.hold || f.popped == f.reported || f.queued.len() > 0 || len(f.inflight) > 0 {
 		return
 	}
 	if st := cshim.StatsSnapshot(); st.PendingPages() > uint64(len(f.failed)) {
 		return
 	}
-	now := time.Now()
-	if now.Sub(f.lastCaughtUp) > 3*caughtUpInterval {
-		f.caughtUpSince = now
+	if err := cshim.SendToSource(wire.EncodeCaughtUp(f.popped)); err != nil {
+		if !f.reportFailed {
+			f.reportFailed = true
+			f.log.Warn().Err(err).Msg("cannot tell the source the fetch caught up; it holds the switchover until its hold-max")
+		}
+		return
 	}
-	f.lastCaughtUp = now
-	if f.timings.FirstApproval.IsZero() {
-		f.log.Debug().Msg("fetch caught up: switchover approved once the first pass has arrived")
-		f.timings.FirstApproval = now
+	f.reported = f.popped
+	if f.timings.FirstCaughtUp.IsZero() {
+		f.log.Debug().Uint64("refs", f.popped).Msg("fetch caught up: told the source")
+		f.timings.FirstCaughtUp = time.Now()
 	}
-	cshim.ApproveSwitchover(now.Sub(f.caughtUpSince) >= firstPassGrace)
 }
 
 // settle answers barrier and finish requests once nothing is queued or in flight.
@@ -541,7 +509,6 @@ func (f *Fetcher) askSource(r *cshim.FetchReq) bool {
 		f.log.Warn().Err(err).Msg("cannot ask the source for a page")
 		return false
 	}
-	f.lastResend = time.Now()
 	return true
 }
 

@@ -100,7 +100,7 @@ func (f *Fetcher) handBackTick(now time.Time) {
 	// Only once references stopped coming (the source's first pass is
 	// out and the link idles in the hold): before that the link is busy
 	// with the pass, and pages handed back would wait behind it.
-	if span < handBackWindow || backlog < handBackMinPages || now.Sub(f.lastRef) < quietBeforeApproval {
+	if span < handBackWindow || backlog < handBackMinPages || now.Sub(f.lastRef) < refsQuiet {
 		return
 	}
 	fetchRate := float64(st.FetchedPages()-old.fetched) / span.Seconds()

@@ -222,9 +222,10 @@ func EncodeRef(r Ref) []byte {
 }
 
 // Return-path messages of a destination library to its source library
-// (carried by QEMU's MIG_RP_MSG_NASMIG; QEMU itself handles
-// cshim.RPApprove and cshim.RPError):
+// (carried by QEMU's MIG_RP_MSG_NASMIG; QEMU itself reads CAUGHT_UP and
+// cshim.RPError):
 //
+//	CAUGHT_UP: u8 kind | be64 references the fetch has caught up with
 //	RESEND:    u8 kind | u8 source disk | be64 disk offset | be64 RAM offset | RAMBlock idstr
 //	DISK_OFF:  u8 kind | u8 source disk
 //	SEND_FULL: u8 kind | u8 source disk | be64 disk offset | be32 blocks
@@ -251,6 +252,20 @@ func EncodeResend(disk uint8, diskOffset, ramOffset uint64, ramBlock string) ([]
 	b = binary.BigEndian.AppendUint64(b, diskOffset)
 	b = binary.BigEndian.AppendUint64(b, ramOffset)
 	return append(b, ramBlock...), nil
+}
+
+// EncodeCaughtUp tells the source that the fetch has caught up with the
+// first refs references of this migration.
+func EncodeCaughtUp(refs uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{cshim.RPCaughtUp}, refs)
+}
+
+// DecodeCaughtUp reads a CAUGHT_UP message.
+func DecodeCaughtUp(b []byte) (uint64, error) {
+	if len(b) != 9 || b[0] != cshim.RPCaughtUp {
+		return 0, fmt.Errorf("%w: CAUGHT_UP of %d bytes", ErrSourceMsg, len(b))
+	}
+	return binary.BigEndian.Uint64(b[1:]), nil
 }
 
 // EncodeDiskOff tells the source that this side cannot read a disk.

@@ -360,6 +360,14 @@ func TestSourceMsgRoundTrip(t *testing.T) {
 	if m, err := DecodeSourceMsg(full); err != nil || m != (SourceMsg{Kind: cshim.RPSendFull, Disk: 2, DiskOffset: 0x5000, Blocks: 300}) {
 		t.Fatalf("SEND_FULL round trip: %+v, %v", m, err)
 	}
+	if n, err := DecodeCaughtUp(EncodeCaughtUp(1<<40 + 7)); err != nil || n != 1<<40+7 {
+		t.Fatalf("CAUGHT_UP round trip: %d, %v", n, err)
+	}
+	for _, bad := range [][]byte{nil, {cshim.RPCaughtUp}, EncodeCaughtUp(1)[:8], append(EncodeCaughtUp(1), 0), EncodeSendFull(2, 0x5000, 300)[:9]} {
+		if _, err := DecodeCaughtUp(bad); !errors.Is(err, ErrSourceMsg) {
+			t.Errorf("CAUGHT_UP % x: %v, want ErrSourceMsg", bad, err)
+		}
+	}
 	for name, bad := range map[string][]byte{
 		"empty":           nil,
 		"kind only":       {cshim.RPResend},
