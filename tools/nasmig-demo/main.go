@@ -61,6 +61,9 @@ type mode struct {
 // enable=off, which is stock QEMU behaviour.
 var modes = []mode{
 	{Name: "stock", PluginArgs: []string{"enable=off"}},
+	// The source waits for the destination's end of the load (its SHUT
+	// message) before it counts the migration complete, as nasmig's does.
+	{Name: "stock-return-path", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"return-path": true}},
 	{Name: "multifd-zstd", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"multifd": true}, Params: multifdZstd},
 	{Name: "xbzrle", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"xbzrle": true}},
 	{Name: "postcopy", PluginArgs: []string{"enable=off"}, Caps: map[string]bool{"postcopy-ram": true}, Postcopy: 2 * time.Second},
