@@ -94,10 +94,12 @@ extern "C" {
  *
  * NASMIG_RP_CAUGHT_UP: the fetch has filled (or handed back, or found
  * failed and asked for) every reference of this migration up to the
- * count-th one received: be64 count.  References travel on the main channel only, in order, so
- * the source compares the count with the references it sent: equal, and
- * its first pass out, the switchover may happen at once.  Sent whenever
- * the count grows while the fetch is caught up.
+ * count-th one received: be64 count.  References travel on the main
+ * channel only, in order, so the source compares the count with the
+ * references it sent: while they are equal the switchover may happen
+ * (its final pass sends pages), and equal once its first pass is out,
+ * the switchover is approved for the rest of the migration.  Sent
+ * whenever the count grows while the fetch is caught up.
  */
 #define NASMIG_RP_CAUGHT_UP 1
 #define NASMIG_RP_ERROR 2   /* UTF-8 text: why the destination failed */
@@ -372,14 +374,14 @@ struct nasmig_lib {
     /*
      * Source, migration thread, NASMIG_MODE_LIVE: little is left to send
      * but the destination has not caught up with the references sent.
-     * Returns NASMIG_HOLD_WAIT to hold on (QEMU then sends nothing and waits
-     * up to NASMIG_HOLD_POLL_MS for NASMIG_RP_CAUGHT_UP, or for any message of the
-     * destination, before it asks again); NASMIG_HOLD_SEND when the
-     * destination asked for pages in full (NASMIG_RP_SEND_FULL): QEMU
-     * sends what is dirty now, then asks again; NASMIG_HOLD_EXPIRED once
-     * the hold has lasted the library's bound (hold-max): references stop
-     * for the rest of this migration and the switchover may happen; the
-     * fetch still pending then joins the downtime.
+     * Returns NASMIG_HOLD_WAIT to hold on (QEMU then sends nothing and
+     * waits up to NASMIG_HOLD_POLL_MS for NASMIG_RP_CAUGHT_UP, or for any
+     * message of the destination, before it asks again); NASMIG_HOLD_SEND
+     * when the destination asked for pages in full (NASMIG_RP_SEND_FULL):
+     * QEMU sends what is dirty now, then asks again; NASMIG_HOLD_EXPIRED
+     * once the hold has lasted the library's bound (hold-max): references
+     * stop for the rest of this migration and the switchover may happen;
+     * the fetch still pending then joins the downtime.
      */
     int (*switchover_hold)(void);
 
