@@ -405,11 +405,41 @@ func cases() []e2eCase {
 		nasmigBothSides(e2eCase{
 			name: "15c-background-snapshot", workload: "pagecache-read", flow: backgroundSnapshotFlow,
 		}),
+		// Postcopy (what virsh migrate --postcopy does, then
+		// migrate-postcopy at once): references in the pre-copy phase,
+		// the switch once the destination's fetch caught up with the
+		// first pass.  mixed keeps dirtying pages, and downtime-limit 1
+		// keeps the migration from completing as pre-copy, so postcopy
+		// really starts.
 		nasmigBothSides(e2eCase{
-			name: "16-postcopy", workload: "pagecache-read", flow: postcopyFlow,
+			name: "16-postcopy", workload: "mixed", settle: 3, flow: postcopyFlow,
 			opts: harness.MigrateOpts{
 				Caps:   map[string]bool{"postcopy-ram": true},
-				Params: map[string]any{"max-bandwidth": 60_000_000},
+				Params: map[string]any{"max-bandwidth": 60_000_000, "downtime-limit": 1},
+			},
+			check: func(t *testing.T, o outcome) {
+				requireRefs(t, o)
+				if o.dst.FetchedPages == 0 || o.dst.VerifyFailures != 0 {
+					t.Errorf("destination fetched-pages %d, verify-failures %d: want > 0 and 0", o.dst.FetchedPages, o.dst.VerifyFailures)
+				}
+			},
+		}),
+		// Postcopy while every storage read fails: each reference's page
+		// is asked from the source, which sends it whole (before the
+		// switch, or in postcopy); none may be missing when the
+		// destination's guest runs.
+		nasmigBothSides(e2eCase{
+			name: "16b-postcopy-dest-read-error", workload: "mixed", settle: 3, flow: postcopyFlow,
+			dstFault: "dest-read-error:*",
+			opts: harness.MigrateOpts{
+				Caps:   map[string]bool{"postcopy-ram": true},
+				Params: map[string]any{"max-bandwidth": 60_000_000, "downtime-limit": 1},
+			},
+			check: func(t *testing.T, o outcome) {
+				requireRefs(t, o)
+				if o.dst.FetchedPages != 0 || o.dst.Fallbacks == 0 {
+					t.Errorf("every read failed, yet fetched-pages %d, fallbacks %d: want 0 and > 0", o.dst.FetchedPages, o.dst.Fallbacks)
+				}
 			},
 		}),
 		nasmigBothSides(e2eCase{
