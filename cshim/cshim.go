@@ -27,9 +27,11 @@ const (
 	RefWireVersion   = C.NASMIG_REF_WIRE_VERSION
 	RefWireSize      = C.NASMIG_REF_WIRE_SIZE
 	SetupFlagHold    = C.NASMIG_SETUP_FLAG_HOLD
+	SetupFlagAfter   = C.NASMIG_SETUP_FLAG_FILL_AFTER
 	ModeOff          = C.NASMIG_MODE_OFF
 	ModeLive         = C.NASMIG_MODE_LIVE
 	ModeSave         = C.NASMIG_MODE_SAVE
+	ModeFillAfter    = C.NASMIG_MODE_FILL_AFTER
 	RPCaughtUp       = C.NASMIG_RP_CAUGHT_UP
 	RPError          = C.NASMIG_RP_ERROR
 	RPResend         = C.NASMIG_RP_RESEND
@@ -73,6 +75,7 @@ const (
 	FillFilled       = C.NASMIG_FILLED
 	FillSuperseded   = C.NASMIG_SUPERSEDED
 	FillMismatch     = C.NASMIG_MISMATCH
+	FillPlaceFailed  = C.NASMIG_PLACE_FAILED
 	RegisterSymbol   = C.NASMIG_REGISTER_SYMBOL
 	KeyBytes         = int(unsafe.Sizeof(C.struct_nasmig_hash_key{}))
 	TrackRecordBytes = int(unsafe.Sizeof(C.struct_nasmig_rec{}))

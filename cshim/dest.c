@@ -258,6 +258,9 @@ int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
                     /* A failed reference recovered: the page came in full. */
                     STAT_ADD(fallbacks, 1);
                 }
+                if (LOAD_ACQ(&nasmig_g.fill_mode) == NASMIG_FILL_MODE_PLACE) {
+                    STAT_ADD(from_source_after_switchover, 1);
+                }
                 return 0;
             }
         }
@@ -291,6 +294,84 @@ static int ref_holds(const struct nasmig_fetch_req *r, const void *page)
 }
 
 /*
+ * A fill enters here before it writes: the mode it may write in (never
+ * PAUSED: it waits that out, holding no page).  fills_writing, raised
+ * before the mode is read, lets the switch to postcopy wait until no fill
+ * still copies in after it paused them.
+ */
+static int fill_enter(void)
+{
+    int mode;
+
+    for (;;) {
+        __atomic_add_fetch(&nasmig_g.fills_writing, 1, __ATOMIC_SEQ_CST);
+        mode = __atomic_load_n(&nasmig_g.fill_mode, __ATOMIC_SEQ_CST);
+        if (mode != NASMIG_FILL_MODE_PAUSED) {
+            return mode;
+        }
+        __atomic_sub_fetch(&nasmig_g.fills_writing, 1, __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&nasmig_g.fill_mode, __ATOMIC_SEQ_CST) ==
+               NASMIG_FILL_MODE_PAUSED) {
+            usleep(100);
+        }
+    }
+}
+
+static void fill_leave(void)
+{
+    __atomic_sub_fetch(&nasmig_g.fills_writing, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Fills one verified page if its reference is still current. */
+static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf)
+{
+    uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
+    uint32_t old;
+    int mode = fill_enter(), ret;
+    uint8_t res = NASMIG_SUPERSEDED;
+
+    while (mode != NASMIG_FILL_MODE_CLOSED) {
+        old = LOAD_ACQ(&st[r->page]);
+        if (nasmig_fill_gen(old) != r->gen ||
+            (nasmig_fill_state(old) != NASMIG_FILL_PENDING &&
+             nasmig_fill_state(old) != NASMIG_FILL_FAILED)) {
+            break;
+        }
+        if (!__atomic_compare_exchange_n(&st[r->page], &old,
+                                         nasmig_fill_word(r->gen,
+                                                          NASMIG_FILL_BUSY),
+                                         0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE)) {
+            continue;
+        }
+        if (mode == NASMIG_FILL_MODE_COPY) {
+            memcpy(r->host, buf, NASMIG_PAGE_SIZE);
+            ret = 0;
+        } else {
+            /* Postcopy: whole, waking a vCPU that waits for it. */
+            ret = nasmig_call_place_page(r->ramblock,
+                                         r->page << NASMIG_PAGE_SHIFT, buf);
+        }
+        if (ret < 0) {
+            STORE_REL(&st[r->page], old);
+            res = NASMIG_PLACE_FAILED;
+            break;
+        }
+        dest_map_filled(r, buf);
+        STORE_REL(&st[r->page], nasmig_fill_word(r->gen, NASMIG_FILL_IDLE));
+        SUB(&nasmig_g.stats.pending_pages, 1);
+        STAT_ADD(fetched_pages, 1);
+        if (mode == NASMIG_FILL_MODE_PLACE) {
+            STAT_ADD(filled_after_switchover, 1);
+        }
+        res = NASMIG_FILLED;
+        break;
+    }
+    fill_leave();
+    return res;
+}
+
+/*
  * Verifies each block against its reference and fills the page.  A page
  * whose generation moved on (a later record) is left alone.
  */
@@ -300,38 +381,98 @@ void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
     unsigned i;
 
     for (i = 0; i < n; i++) {
-        const struct nasmig_fetch_req *r = &reqs[i];
-        uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
-        uint32_t old;
+        results[i] = ref_holds(&reqs[i], bufs[i]) ?
+                     fill_page(&reqs[i], bufs[i]) : NASMIG_MISMATCH;
+    }
+}
 
-        if (!ref_holds(r, bufs[i])) {
-            results[i] = NASMIG_MISMATCH;
-            continue;
-        }
-        results[i] = NASMIG_SUPERSEDED;
-        for (;;) {
-            old = LOAD_ACQ(&st[r->page]);
-            if (nasmig_fill_gen(old) != r->gen ||
-                (nasmig_fill_state(old) != NASMIG_FILL_PENDING &&
-                 nasmig_fill_state(old) != NASMIG_FILL_FAILED)) {
-                break;
+/*
+ * Discards every page still waiting for its reference (pending or failed),
+ * in runs, so that with userfaultfd the guest's first touch of one faults
+ * instead of reading what the page held before.
+ */
+static int page_waits(const uint32_t *st, uint64_t page)
+{
+    uint32_t s = nasmig_fill_state(LOAD_ACQ(&st[page]));
+
+    return s == NASMIG_FILL_PENDING || s == NASMIG_FILL_FAILED;
+}
+
+static int discard_waiting_pages(void)
+{
+    int rbi, nrb = LOAD_ACQ(&nasmig_g.nrb), ret;
+    uint64_t p, start;
+
+    for (rbi = 0; rbi < nrb; rbi++) {
+        const uint32_t *st = LOAD_ACQ(&nasmig_g.rb[rbi].dest_state);
+        uint64_t npages = nasmig_g.rb[rbi].npages;
+
+        for (p = 0; st && p < npages;) {
+            while (p < npages && !page_waits(st, p)) {
+                p++;
             }
-            if (__atomic_compare_exchange_n(&st[r->page], &old,
-                                            nasmig_fill_word(r->gen,
-                                                             NASMIG_FILL_BUSY),
-                                            0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE)) {
-                memcpy(r->host, bufs[i], NASMIG_PAGE_SIZE);
-                dest_map_filled(r, bufs[i]);
-                STORE_REL(&st[r->page],
-                          nasmig_fill_word(r->gen, NASMIG_FILL_IDLE));
-                SUB(&nasmig_g.stats.pending_pages, 1);
-                STAT_ADD(fetched_pages, 1);
-                results[i] = NASMIG_FILLED;
-                break;
+            for (start = p; p < npages && page_waits(st, p); p++) {
+                /* the run goes on */
+            }
+            if (p == start) {
+                continue;
+            }
+            ret = nasmig_call_discard(rbi, start << NASMIG_PAGE_SHIFT,
+                                      (p - start) << NASMIG_PAGE_SHIFT);
+            if (ret < 0) {
+                nasmig_set_err("could not discard the pages that wait for "
+                               "their references");
+                return ret;
             }
         }
     }
+    return 0;
+}
+
+int nasmig_lib_dest_postcopy(int stage)
+{
+    if (!LOAD_ACQ(&nasmig_g.dest_fill_after)) {
+        /* Every fill lands before the switch. */
+        return stage == NASMIG_POSTCOPY_SWITCH ? 1 : 0;
+    }
+    switch (stage) {
+    case NASMIG_POSTCOPY_SWITCH:
+        /* No fill writes from now until userfaultfd can place pages. */
+        __atomic_store_n(&nasmig_g.fill_mode, NASMIG_FILL_MODE_PAUSED,
+                         __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&nasmig_g.fills_writing, __ATOMIC_SEQ_CST)) {
+            sched_yield();
+        }
+        return 0;
+    case NASMIG_POSTCOPY_LISTEN:
+        return discard_waiting_pages();
+    case NASMIG_POSTCOPY_PLACE:
+        __atomic_store_n(&nasmig_g.fill_mode, NASMIG_FILL_MODE_PLACE,
+                         __ATOMIC_SEQ_CST);
+        wake_go();
+        return 0;
+    }
+    return -EINVAL;
+}
+
+/* The source fills references after the switch (setup flag FILL_AFTER). */
+void nasmig_set_dest_fill_after(int on)
+{
+    __atomic_store_n(&nasmig_g.dest_fill_after, on, __ATOMIC_SEQ_CST);
+}
+
+/* Whether fills place pages whole now (postcopy has started). */
+int nasmig_fill_placing(void)
+{
+    return __atomic_load_n(&nasmig_g.fill_mode, __ATOMIC_SEQ_CST) ==
+           NASMIG_FILL_MODE_PLACE;
+}
+
+/* The incoming migration is over: a fill still waiting writes nothing. */
+void nasmig_close_fills(void)
+{
+    __atomic_store_n(&nasmig_g.fill_mode, NASMIG_FILL_MODE_CLOSED,
+                     __ATOMIC_SEQ_CST);
 }
 
 /* Marks a still-current reference as failed; returns 1 if it was current. */
@@ -453,6 +594,9 @@ void nasmig_dest_reset(void)
     nasmig_g.flush_waiting = 0;
     nasmig_g.first_ref_ns = 0;
     nasmig_g.refs_received = 0;
+    nasmig_g.dest_fill_after = 0;
+    __atomic_store_n(&nasmig_g.fill_mode, NASMIG_FILL_MODE_COPY,
+                     __ATOMIC_SEQ_CST);
 }
 
 /* ------------------------------------------------------------------ */

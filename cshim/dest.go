@@ -6,7 +6,10 @@ package cshim
 */
 import "C"
 
-import "unsafe"
+import (
+	"fmt"
+	"unsafe"
+)
 
 // FetchReq is one reference the destination must fill (struct nasmig_fetch_req).
 type FetchReq C.struct_nasmig_fetch_req
@@ -84,6 +87,25 @@ func DestReset() { C.nasmig_dest_reset() }
 // SetDestOn opens (or closes) the destination for references.
 func SetDestOn(on bool) { C.nasmig_set_dest_on(cbool(on)) }
 
+// SetDestFillAfter says that references left at the switch to postcopy
+// are filled after it (the source's setup flag FILL_AFTER).
+func SetDestFillAfter(on bool) { C.nasmig_set_dest_fill_after(cbool(on)) }
+
+// FillPlacing is true once postcopy runs and fills place pages whole.
+func FillPlacing() bool { return C.nasmig_fill_placing() != 0 }
+
+// CloseFills makes every later fill write nothing (the migration is over).
+func CloseFills() { C.nasmig_close_fills() }
+
+// RequestPage asks the source for a page in full through postcopy's page
+// request (after the switch, when a reference failed).
+func RequestPage(ramblock uint32, offset uint64) error {
+	if rc := C.nasmig_call_request_page(C.uint32_t(ramblock), C.uint64_t(offset)); rc < 0 {
+		return fmt.Errorf("postcopy page request: errno %d", -rc)
+	}
+	return nil
+}
+
 // SetWakeFD sets the eventfd C writes to when Go sleeps.
 func SetWakeFD(fd int) { C.nasmig_set_wake_fd(C.int(fd)) }
 
@@ -132,6 +154,16 @@ func RefReceived(rb uint32, ramOffset uint64, host unsafe.Pointer, wire []byte) 
 func BeforePageWrite(rb uint32, ramOffset uint64, waitFill bool) int {
 	return int(C.nasmig_lib_before_page_write(C.uint32_t(rb), C.uint64_t(ramOffset), cbool(waitFill)))
 }
+
+// Postcopy stages (enum nasmig_postcopy_stage).
+const (
+	PostcopySwitch = C.NASMIG_POSTCOPY_SWITCH
+	PostcopyListen = C.NASMIG_POSTCOPY_LISTEN
+	PostcopyPlace  = C.NASMIG_POSTCOPY_PLACE
+)
+
+// DestPostcopy is the loader's call at each stage of the switch to postcopy.
+func DestPostcopy(stage int) int { return int(C.nasmig_lib_dest_postcopy(C.int(stage))) }
 
 // DestFinish is the loader's call once the stream is complete.
 func DestFinish() int { return int(C.nasmig_lib_dest_finish()) }

@@ -65,6 +65,30 @@ int nasmig_call_send_to_source(const uint8_t *buf, size_t len)
     return host_ops->send_to_source(buf, len);
 }
 
+int nasmig_call_place_page(uint32_t rb, uint64_t off, const void *buf)
+{
+    if (!host_ops || !host_ops->place_page) {
+        return -ENOSYS;
+    }
+    return host_ops->place_page(rb, off, buf);
+}
+
+int nasmig_call_request_page(uint32_t rb, uint64_t off)
+{
+    if (!host_ops || !host_ops->request_page) {
+        return -ENOSYS;
+    }
+    return host_ops->request_page(rb, off);
+}
+
+int nasmig_call_discard(uint32_t rb, uint64_t off, uint64_t len)
+{
+    if (!host_ops || !host_ops->discard) {
+        return -ENOSYS;
+    }
+    return host_ops->discard(rb, off, len);
+}
+
 void nasmig_call_kick(void)
 {
     if (host_ops && host_ops->kick) {
@@ -117,5 +141,7 @@ void nasmig_shim_fill(struct nasmig_lib *lib)
     lib->stats = nasmig_lib_stats;
     lib->errmsg = nasmig_lib_errmsg;
     lib->auto_enable = nasmig_lib_auto_enable;
+    lib->fill_after_default = nasmig_lib_fill_after_default;
+    lib->dest_postcopy = nasmig_lib_dest_postcopy;
     lib->fault = nasmig_lib_fault;
 }

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 8
+#define NASMIG_ABI_VERSION 9
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
@@ -85,6 +85,14 @@ extern "C" {
  * every reference when the stream ends and reports nothing.
  */
 #define NASMIG_SETUP_FLAG_HOLD 0x1
+/*
+ * FILL_AFTER (with HOLD): the source switches to postcopy instead of
+ * holding, once its first pass is out; references the fetch has not filled
+ * by then are filled while the destination's guest runs (placed whole with
+ * userfaultfd, a page the guest touches first asked from the source), and
+ * the source completes once the count says every reference is filled.
+ */
+#define NASMIG_SETUP_FLAG_FILL_AFTER 0x2
 
 /*
  * Return-path message of a nasmig destination to a nasmig source (QEMU's
@@ -140,6 +148,25 @@ enum nasmig_mode {
     NASMIG_MODE_LIVE = 1, /* live, return path: references and the hold */
     NASMIG_MODE_SAVE = 2, /* no return path, guest stopped or a file:
                            * references, verified when the stream is read */
+    NASMIG_MODE_FILL_AFTER = 3, /* LIVE with postcopy-ram: references left
+                                 * at the switch are filled after it */
+};
+
+/*
+ * Destination, the switch to postcopy (nasmig_lib.dest_postcopy).
+ * SWITCH: the source's first discard, or its listen when it discards
+ * nothing (QEMU's incoming coroutine).  Returns 1 when QEMU must wait for
+ * every fill to land first (dest_barrier), as without FILL_AFTER; 0 when
+ * fills continue after the switch (they pause until PLACE).
+ * LISTEN: before userfaultfd watches RAM: every page still waiting for
+ * its reference is discarded (nasmig_host.discard), so that the guest's
+ * first touch faults.  PLACE: userfaultfd is set up: fills place pages
+ * whole (nasmig_host.place_page) from now on.
+ */
+enum nasmig_postcopy_stage {
+    NASMIG_POSTCOPY_SWITCH = 1,
+    NASMIG_POSTCOPY_LISTEN = 2,
+    NASMIG_POSTCOPY_PLACE = 3,
 };
 
 /* Limits of the tables below. */
@@ -235,6 +262,22 @@ struct nasmig_host {
      * path, -EINVAL when too long.  Callable from any thread.
      */
     int (*send_to_source)(const uint8_t *buf, size_t len);
+
+    /*
+     * Destination, postcopy with FILL_AFTER: places a verified 4 KiB page
+     * whole at [offset] of RAM block `ramblock` (userfaultfd; wakes whoever
+     * waits for it).  Returns 0 or a negative errno.
+     */
+    int (*place_page)(uint32_t ramblock, uint64_t offset, const void *buf);
+
+    /*
+     * Destination, postcopy: asks the source for the page in full (QEMU's
+     * postcopy page request); the page arrives through the stream.
+     */
+    int (*request_page)(uint32_t ramblock, uint64_t offset);
+
+    /* Destination: drops the content of these pages (postcopy's discard). */
+    int (*discard)(uint32_t ramblock, uint64_t offset, uint64_t len);
 };
 
 /* One 4 KiB guest page that a completed block read filled from disk. */
@@ -270,6 +313,14 @@ struct nasmig_stats {
                                * destination asked (NASMIG_RP_SEND_FULL) */
     uint64_t handed_back;     /* references the destination's fetch handed
                                * back to the link (NASMIG_RP_SEND_FULL) */
+    uint64_t filled_after_switchover; /* fetched_pages filled after the
+                                       * switch to postcopy (destination,
+                                       * FILL_AFTER) */
+    uint64_t from_source_after_switchover; /* references whose page came
+                                            * from the source after the
+                                            * switch instead: the guest
+                                            * touched it first, or it
+                                            * failed verification */
 };
 
 /* The library's entry points, filled in by nasmig_register. */
@@ -441,6 +492,9 @@ struct nasmig_lib {
     /* Incoming migration ended; frees its state. */
     void (*dest_cleanup)(int failed);
 
+    /* The switch to postcopy reached a stage (enum nasmig_postcopy_stage). */
+    int (*dest_postcopy)(int stage);
+
     /* --- both --- */
 
     /* Fills *out. */
@@ -457,6 +511,13 @@ struct nasmig_lib {
      * 0 when only migrations with capability x-disk-refs do.
      */
     int (*auto_enable)(void);
+
+    /*
+     * 1 when a migration with postcopy-ram should fill references after
+     * the switchover (NASMIG_MODE_FILL_AFTER) without capability
+     * x-disk-refs-after-switchover (fill-after-switchover=on).
+     */
+    int (*fill_after_default)(void);
 
     /* QEMU is exiting. */
     void (*shutdown)(void);

@@ -144,6 +144,18 @@ enum nasmig_fill_result {
     NASMIG_FILLED = 0,
     NASMIG_SUPERSEDED = 1, /* a later record replaced the reference */
     NASMIG_MISMATCH = 2,
+    NASMIG_PLACE_FAILED = 3, /* verified, but userfaultfd would not place it */
+};
+/*
+ * How fills write pages (fill_mode): copied in before the switch to
+ * postcopy, paused while it discards and sets up userfaultfd, placed whole
+ * after it; closed once the incoming migration is over.
+ */
+enum nasmig_fill_mode {
+    NASMIG_FILL_MODE_COPY = 0,
+    NASMIG_FILL_MODE_PAUSED = 1,
+    NASMIG_FILL_MODE_PLACE = 2,
+    NASMIG_FILL_MODE_CLOSED = 3,
 };
 
 /* Global state shared by C and Go. */
@@ -156,6 +168,7 @@ struct nasmig_shared {
      */
     struct nasmig_hash_key mig_key;
     int auto_enable;
+    int fill_after_default;
     int enabled;
     int nrb;
     int ndisk;
@@ -189,6 +202,10 @@ struct nasmig_shared {
     uint64_t first_ref_ns;
     /* references received (published for Go) in this migration */
     uint64_t refs_received;
+    /* the source fills references after the switch (FILL_AFTER) */
+    int dest_fill_after;
+    int fill_mode;     /* enum nasmig_fill_mode */
+    int fills_writing; /* fills between choosing a mode and writing */
     struct nasmig_stats stats;
     char err[1024];
 };
@@ -269,7 +286,7 @@ void nasmig_stat_add(size_t field_offset, uint64_t v);
  */
 void nasmig_set_key(const void *expanded);
 void nasmig_set_mig_key(const void *expanded);
-void nasmig_set_flags(int enabled, int auto_enable);
+void nasmig_set_flags(int enabled, int auto_enable, int fill_after_default);
 int nasmig_set_exclude(const char *list, size_t len);
 int nasmig_ramblock_count(void);
 uint64_t *nasmig_forward(int rb);
@@ -315,6 +332,12 @@ int nasmig_lib_dest_barrier(void);
 void nasmig_lib_stats(struct nasmig_stats *out);
 int nasmig_lib_errmsg(char *buf, size_t len);
 int nasmig_lib_auto_enable(void);
+int nasmig_lib_fill_after_default(void);
+int nasmig_lib_dest_postcopy(int stage);
+void nasmig_set_dest_fill_after(int on);
+int nasmig_fill_placing(void);
+void nasmig_close_fills(void);
+int nasmig_call_request_page(uint32_t rb, uint64_t off);
 
 /* Fault injection for tests (fault.c; the list is NASMIG_FAULTS in nasmig.h). */
 int nasmig_lib_fault(enum nasmig_fault fault);
@@ -343,6 +366,8 @@ int nasmig_call_disk_attach(const char *filename, uint64_t size, int *track,
                             char *err, size_t errlen);
 void nasmig_call_kick(void);
 int nasmig_call_send_to_source(const uint8_t *buf, size_t len);
+int nasmig_call_place_page(uint32_t rb, uint64_t off, const void *buf);
+int nasmig_call_discard(uint32_t rb, uint64_t off, uint64_t len);
 int nasmig_fetch_work_ready(void);
 void nasmig_set_host(const struct nasmig_host *host);
 

@@ -87,15 +87,21 @@ void nasmig_set_fetch_time(uint64_t ns)
     __atomic_store_n(&nasmig_g.stats.fetch_time_ns, ns, __ATOMIC_SEQ_CST);
 }
 
-void nasmig_set_flags(int enabled, int auto_enable)
+void nasmig_set_flags(int enabled, int auto_enable, int fill_after_default)
 {
     nasmig_g.enabled = enabled;
     nasmig_g.auto_enable = auto_enable;
+    nasmig_g.fill_after_default = fill_after_default;
 }
 
 int nasmig_lib_auto_enable(void)
 {
     return nasmig_g.auto_enable && nasmig_g.enabled;
+}
+
+int nasmig_lib_fill_after_default(void)
+{
+    return nasmig_g.fill_after_default && nasmig_g.enabled;
 }
 
 /* ------------------------------------------------------------------ */

@@ -15,8 +15,8 @@ import (
 )
 
 // SetFlags records the plugin's switches for the C side.
-func SetFlags(enabled, autoEnable bool) {
-	C.nasmig_set_flags(cbool(enabled), cbool(autoEnable))
+func SetFlags(enabled, autoEnable, fillAfter bool) {
+	C.nasmig_set_flags(cbool(enabled), cbool(autoEnable), cbool(fillAfter))
 }
 
 func cbool(b bool) C.int {
@@ -203,19 +203,21 @@ func (s *Stats) Map() map[string]uint64 {
 }
 
 // Field accessors of Stats for Go callers.
-func (s *Stats) MappedPages() uint64    { return uint64(s.mapped_pages) }
-func (s *Stats) RefPages() uint64       { return uint64(s.ref_pages) }
-func (s *Stats) RefMisses() uint64      { return uint64(s.ref_misses) }
-func (s *Stats) SentFull() uint64       { return uint64(s.sent_full) }
-func (s *Stats) HandedBack() uint64     { return uint64(s.handed_back) }
-func (s *Stats) RingDrops() uint64      { return uint64(s.ring_drops) }
-func (s *Stats) Invalidations() uint64  { return uint64(s.invalidations) }
-func (s *Stats) FetchedPages() uint64   { return uint64(s.fetched_pages) }
-func (s *Stats) FetchReads() uint64     { return uint64(s.fetch_reads) }
-func (s *Stats) FetchBytes() uint64     { return uint64(s.fetch_bytes) }
-func (s *Stats) VerifyFailures() uint64 { return uint64(s.verify_failures) }
-func (s *Stats) Fallbacks() uint64      { return uint64(s.fallbacks) }
-func (s *Stats) PendingPages() uint64   { return uint64(s.pending_pages) }
+func (s *Stats) MappedPages() uint64               { return uint64(s.mapped_pages) }
+func (s *Stats) RefPages() uint64                  { return uint64(s.ref_pages) }
+func (s *Stats) RefMisses() uint64                 { return uint64(s.ref_misses) }
+func (s *Stats) SentFull() uint64                  { return uint64(s.sent_full) }
+func (s *Stats) HandedBack() uint64                { return uint64(s.handed_back) }
+func (s *Stats) FilledAfterSwitchover() uint64     { return uint64(s.filled_after_switchover) }
+func (s *Stats) FromSourceAfterSwitchover() uint64 { return uint64(s.from_source_after_switchover) }
+func (s *Stats) RingDrops() uint64                 { return uint64(s.ring_drops) }
+func (s *Stats) Invalidations() uint64             { return uint64(s.invalidations) }
+func (s *Stats) FetchedPages() uint64              { return uint64(s.fetched_pages) }
+func (s *Stats) FetchReads() uint64                { return uint64(s.fetch_reads) }
+func (s *Stats) FetchBytes() uint64                { return uint64(s.fetch_bytes) }
+func (s *Stats) VerifyFailures() uint64            { return uint64(s.verify_failures) }
+func (s *Stats) Fallbacks() uint64                 { return uint64(s.fallbacks) }
+func (s *Stats) PendingPages() uint64              { return uint64(s.pending_pages) }
 
 // NowNS is CLOCK_MONOTONIC in nanoseconds, the clock of first_ref_ns.
 func NowNS() uint64 { return uint64(C.nasmig_now_ns()) }

@@ -135,7 +135,7 @@ func initLibrary(cfg config.Config, host, out unsafe.Pointer) error {
 		return fmt.Errorf("hash key: %w", err)
 	}
 	cshim.SetKey(cshim.ExpandKey(lib.keySeed))
-	cshim.SetFlags(cfg.Enabled, cfg.Auto)
+	cshim.SetFlags(cfg.Enabled, cfg.Auto, cfg.FillAfter)
 	cshim.SetHost(host)
 	cshim.FillLib(out)
 	C.nasmig_fill_go((*C.struct_nasmig_lib)(out))
@@ -163,6 +163,8 @@ func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.in
 	switch mode {
 	case cshim.ModeLive:
 		s.Flags = cshim.SetupFlagHold
+	case cshim.ModeFillAfter:
+		s.Flags = cshim.SetupFlagHold | cshim.SetupFlagAfter
 	case cshim.ModeSave:
 	default:
 		cshim.SetErr(fmt.Sprintf("source_setup: unknown mode %d", mode))
@@ -212,7 +214,7 @@ func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.in
 	lib.m.SetMigrating(true)
 	lib.m.Sync()
 	warnUnmatchedExcludes()
-	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", s.Flags&cshim.SetupFlagHold != 0).Int("disks", len(s.Disks)).Int64("mapped_pages", lib.m.Mapped()).Msg("outgoing migration with disk references")
+	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", s.Flags&cshim.SetupFlagHold != 0).Bool("fill_after_switchover", s.Flags&cshim.SetupFlagAfter != 0).Int("disks", len(s.Disks)).Int64("mapped_pages", lib.m.Mapped()).Msg("outgoing migration with disk references")
 	return 0
 }
 
@@ -393,6 +395,7 @@ func nasmigDestSetup(buf *C.uint8_t, length C.uint32_t) C.int {
 	// Verify with this migration's key; this side's tracking key stays its own.
 	cshim.SetMigKey(cshim.ExpandKey(s.KeySeed))
 	hold := s.Flags&cshim.SetupFlagHold != 0
+	cshim.SetDestFillAfter(hold && s.Flags&cshim.SetupFlagAfter != 0)
 	var refused []string
 	for _, d := range s.Disks {
 		h, track, err := cshim.AttachDisk(d.Filename, d.Size)
@@ -427,7 +430,7 @@ func nasmigDestSetup(buf *C.uint8_t, length C.uint32_t) C.int {
 	}
 	lib.fetcher = f
 	cshim.SetDestOn(true)
-	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", hold).Int("disks", len(s.Disks)).Strs("refused", refused).Msg("incoming migration with disk references")
+	lib.log.Info().Str("migration", s.Migration.String()).Bool("hold", hold).Bool("fill_after_switchover", s.Flags&cshim.SetupFlagAfter != 0).Int("disks", len(s.Disks)).Strs("refused", refused).Msg("incoming migration with disk references")
 	return 0
 }
 
@@ -436,6 +439,9 @@ func nasmigDestCleanup(failed C.int) {
 	lib.mu.Lock()
 	defer lib.mu.Unlock()
 	cshim.SetDestOn(false)
+	// A fill waiting for postcopy's userfaultfd (a migration that failed
+	// at the switch) gives up and writes nothing.
+	cshim.CloseFills()
 	var t fetch.Timings
 	if lib.fetcher != nil {
 		lib.fetcher.Stop()
@@ -452,6 +458,9 @@ func nasmigDestCleanup(failed C.int) {
 	}
 	if !t.FirstCaughtUp.IsZero() && !t.FinishSeen.IsZero() {
 		ev = ev.Dur("caught_up_to_gate", t.FinishSeen.Sub(t.FirstCaughtUp))
+	}
+	if st.FilledAfterSwitchover() > 0 || st.FromSourceAfterSwitchover() > 0 {
+		ev = ev.Uint64("filled_after_switchover", st.FilledAfterSwitchover()).Uint64("from_source_after_switchover", st.FromSourceAfterSwitchover())
 	}
 	if st.HandedBack() > 0 {
 		ev = ev.Uint64("handed_back", st.HandedBack()).Uint64("handed_back_came_in_full", t.HandBackArrived).

@@ -25,7 +25,7 @@ const childEnv = "NASMIG_CABITEST_CHILD"
 // (TestTableLimits) it fills the registration tables instead, which no
 // other test of this binary could survive.
 func TestMain(m *testing.M) {
-	cshim.SetFlags(true, false)
+	cshim.SetFlags(true, false, false)
 	if os.Getenv(childEnv) == "limits" {
 		if err := cabitest.Limits(); err != nil {
 			fmt.Println("FAIL:", err)

@@ -142,6 +142,65 @@ size_t cabi_msg(unsigned i, uint8_t *out)
     return n;
 }
 
+/*
+ * Postcopy: one RAM block's memory, where place_page copies a page and
+ * discard zeroes (as MADV_DONTNEED leaves anonymous memory), counting
+ * both; request_page counts the pages asked for.
+ */
+static uint32_t ram_rb = UINT32_MAX;
+static uint8_t *ram_base;
+static uint64_t ram_len;
+static uint64_t placed, discarded, requested, last_request;
+
+void cabi_set_ram(uint32_t rb, uint8_t *base, uint64_t len)
+{
+    ram_rb = rb;
+    ram_base = base;
+    ram_len = len;
+    __atomic_store_n(&placed, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&discarded, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&requested, 0, __ATOMIC_SEQ_CST);
+}
+
+static int cabi_place_page(uint32_t rb, uint64_t off, const void *buf)
+{
+    if (rb != ram_rb || off + NASMIG_PAGE_SIZE > ram_len) {
+        return -EINVAL;
+    }
+    memcpy(ram_base + off, buf, NASMIG_PAGE_SIZE);
+    __atomic_add_fetch(&placed, 1, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+static int cabi_discard(uint32_t rb, uint64_t off, uint64_t len)
+{
+    if (rb != ram_rb || off + len > ram_len) {
+        return -EINVAL;
+    }
+    memset(ram_base + off, 0, len);
+    __atomic_add_fetch(&discarded, len / NASMIG_PAGE_SIZE, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+static int cabi_request_page(uint32_t rb, uint64_t off)
+{
+    if (rb != ram_rb || off >= ram_len) {
+        return -EINVAL;
+    }
+    __atomic_store_n(&last_request, off, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&requested, 1, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+/* Pages placed, discarded and asked for since cabi_set_ram; the last asked. */
+void cabi_postcopy_counts(uint64_t *p, uint64_t *d, uint64_t *r, uint64_t *last)
+{
+    *p = __atomic_load_n(&placed, __ATOMIC_SEQ_CST);
+    *d = __atomic_load_n(&discarded, __ATOMIC_SEQ_CST);
+    *r = __atomic_load_n(&requested, __ATOMIC_SEQ_CST);
+    *last = __atomic_load_n(&last_request, __ATOMIC_SEQ_CST);
+}
+
 struct nasmig_host cabi_host = {
     .abi_version = NASMIG_ABI_VERSION,
     .struct_size = sizeof(struct nasmig_host),
@@ -149,6 +208,9 @@ struct nasmig_host cabi_host = {
     .kick = cabi_kick,
     .read_disk = cabi_read_disk,
     .send_to_source = cabi_send_to_source,
+    .place_page = cabi_place_page,
+    .request_page = cabi_request_page,
+    .discard = cabi_discard,
 };
 
 uint64_t cabi_kicks(void) { return __atomic_load_n(&kicks, __ATOMIC_RELAXED); }

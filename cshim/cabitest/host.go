@@ -9,6 +9,8 @@ uint64_t cabi_kicks(void);
 void cabi_set_disk(const uint8_t *img, uint64_t len);
 size_t cabi_msg(unsigned i, uint8_t *out);
 void cabi_set_read_delay(uint64_t ns);
+void cabi_set_ram(uint32_t rb, uint8_t *base, uint64_t len);
+void cabi_postcopy_counts(uint64_t *p, uint64_t *d, uint64_t *r, uint64_t *last);
 */
 import "C"
 
@@ -69,6 +71,20 @@ func Messages() [][]byte {
 		}
 		out = append(out, append([]byte(nil), buf[:n]...))
 	}
+}
+
+// SetRAM makes ram (C memory) RAM block rb for the host's postcopy calls:
+// place_page copies pages into it, discard zeroes them; the counts restart.
+func SetRAM(rb int, ram []byte) {
+	C.cabi_set_ram(C.uint32_t(rb), (*C.uint8_t)(unsafe.Pointer(&ram[0])), C.uint64_t(len(ram)))
+}
+
+// PostcopyCounts returns the pages placed, discarded and asked from the
+// source since SetRAM, and the offset last asked for.
+func PostcopyCounts() (placed, discarded, requested, lastRequest uint64) {
+	var p, d, r, l C.uint64_t
+	C.cabi_postcopy_counts(&p, &d, &r, &l)
+	return uint64(p), uint64(d), uint64(r), uint64(l)
 }
 
 // Kicks counts the host's kick calls.

@@ -46,5 +46,5 @@ func Setup(ringSlots uint32, seed [32]byte) {
 	mig := seed
 	mig[0] ^= 0xff
 	cshim.SetMigKey(cshim.ExpandKey(mig))
-	cshim.SetFlags(true, false)
+	cshim.SetFlags(true, false, false)
 }

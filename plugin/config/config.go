@@ -31,6 +31,11 @@ type Config struct {
 	// read last back to the source, which sends those pages in full (more
 	// bytes on the link, less time).  off: every reference is read.
 	HandBack bool
+	// FillAfter (fill-after-switchover=on|off, source): a migration with
+	// postcopy-ram switches to postcopy once its first pass is out, and
+	// the destination fills the references left then while its guest runs
+	// (as capability x-disk-refs-after-switchover asks for one migration).
+	FillAfter bool
 }
 
 // DefaultHoldMax bounds the switchover hold unless hold-max= says
@@ -83,6 +88,8 @@ func Parse(args []string) (Config, error) {
 			}
 		case "hand-back":
 			c.HandBack, err = onOff(val)
+		case "fill-after-switchover":
+			c.FillAfter, err = onOff(val)
 		case "ring":
 			var n uint64
 			n, err = strconv.ParseUint(val, 10, 32)
@@ -91,7 +98,7 @@ func Parse(args []string) (Config, error) {
 			}
 			c.RingSlots = uint32(n)
 		default:
-			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, hand-back, ring)", ErrBadArgument, key)
+			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, hand-back, fill-after-switchover, ring)", ErrBadArgument, key)
 		}
 		if err != nil {
 			return c, fmt.Errorf("%w %q: %v", ErrBadArgument, arg, err)

@@ -57,6 +57,7 @@ func TestParseKeys(t *testing.T) {
 		{"hold-max 5s", []string{"hold-max=5s"}, func(c *Config) { c.HoldMax = 5 * time.Second }},
 		{"hold-max unbounded", []string{"hold-max=0"}, func(c *Config) { c.HoldMax = 0 }},
 		{"hand-back off", []string{"hand-back=off"}, func(c *Config) { c.HandBack = false }},
+		{"fill after switchover", []string{"fill-after-switchover=on"}, func(c *Config) { c.FillAfter = true }},
 		{"all keys", []string{"enable=on", "auto=off", "log=info", "logfile=/l", "debug-socket=/s", "exclude=x", "ring=1024"},
 			func(c *Config) {
 				c.Auto, c.LogLevel, c.LogFile, c.DebugSocket, c.Exclude, c.RingSlots = false, zerolog.InfoLevel, "/l", "/s", []string{"x"}, 1024

@@ -94,6 +94,11 @@ type Fetcher struct {
 	// return path); without it nothing is reported and nothing can be
 	// asked from the source.
 	hold bool
+	// placing: the source switched to postcopy with references still to
+	// fill (setup flag FILL_AFTER): fills place pages whole, and a page
+	// that fails is asked from the source through postcopy's page request
+	// (its dirty bitmap is not synced any more, so RESEND would be lost).
+	placing bool
 
 	handBack handBack
 
@@ -236,6 +241,7 @@ func (f *Fetcher) run() {
 			busy = true
 			f.issue(false)
 		}
+		f.postcopyTick()
 		f.settle()
 		f.reportCaughtUp()
 		f.handBackTick(time.Now())
@@ -477,7 +483,7 @@ func (f *Fetcher) complete(id uint64, ret int64) {
 func (f *Fetcher) account(b *batch) {
 	delete(f.inflight, b.id)
 	f.free = append(f.free, b.buf)
-	var bad []item
+	var bad, unplaced []item
 	for i, r := range b.results {
 		switch r {
 		case cshim.FillFilled:
@@ -487,19 +493,50 @@ func (f *Fetcher) account(b *batch) {
 		case cshim.FillMismatch:
 			cshim.AddVerifyFailures(1)
 			bad = append(bad, b.items[i])
+		case cshim.FillPlaceFailed:
+			unplaced = append(unplaced, b.items[i])
 		}
 	}
 	if len(bad) > 0 {
 		f.fail(bad, "block content does not match the reference's hash")
+	}
+	if len(unplaced) > 0 {
+		f.fail(unplaced, "userfaultfd could not place the verified page")
 	}
 	if first := cshim.FirstRefNS(); first != 0 {
 		cshim.SetFetchTime(cshim.NowNS() - first)
 	}
 }
 
+// postcopyTick notices the switch to postcopy (once): what was asked from
+// the source before it may have come too late for the source's last sync,
+// so failed pages are asked again through postcopy's page request, and
+// handed-back ones are read from storage after all (hand-back stops: the
+// source's link is no longer what the fetch races).
+func (f *Fetcher) postcopyTick() {
+	if f.placing || !cshim.FillPlacing() {
+		return
+	}
+	f.placing = true
+	f.handBack.off = true
+	f.handBack.settle(f, time.Now(), true)
+	for i := range f.failed {
+		f.askSource(&f.failed[i].req)
+	}
+	f.log.Debug().Int("queued", f.queued.len()).Int("in_flight", len(f.inflight)).Int("failed", len(f.failed)).
+		Msg("postcopy started: the rest of the references are filled while the guest runs")
+}
+
 // askSource asks the source to send the page of a failed reference in
 // full; false when the message could not be sent.
 func (f *Fetcher) askSource(r *cshim.FetchReq) bool {
+	if f.placing {
+		if err := cshim.RequestPage(r.RAMBlock(), r.Page()<<cshim.PageShift); err != nil {
+			f.log.Warn().Err(err).Msg("cannot ask the source for a page")
+			return false
+		}
+		return true
+	}
 	msg, err := wire.EncodeResend(uint8(r.SrcDisk()), r.Block()<<cshim.PageShift, r.Page()<<cshim.PageShift,
 		cshim.RAMBlockName(int(r.RAMBlock())))
 	if err == nil {

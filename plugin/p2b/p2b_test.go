@@ -75,9 +75,9 @@ func TestRegistration(t *testing.T) {
 		t.Fatalf("excluded disk not in the table")
 	}
 	// With tracking off, every disk is excluded.
-	cshim.SetFlags(false, false)
+	cshim.SetFlags(false, false, false)
 	d := cshim.DiskAdd("node-disabled", "/shared/disabled.raw", 1<<20)
-	cshim.SetFlags(true, false)
+	cshim.SetFlags(true, false, false)
 	if d != -1 {
 		t.Fatalf("disabled library: DiskAdd = %d, want -EPERM", d)
 	}

@@ -63,7 +63,7 @@ type Disk struct {
 }
 
 // KnownFlags are the setup flags this build understands.
-const KnownFlags = cshim.SetupFlagHold
+const KnownFlags = cshim.SetupFlagHold | cshim.SetupFlagAfter
 
 // Setup is the content of the setup section.
 type Setup struct {

@@ -87,7 +87,7 @@ func TestSetupLayout(t *testing.T) {
 }
 
 func TestSetupFlags(t *testing.T) {
-	for _, flags := range []uint16{0, cshim.SetupFlagHold} {
+	for _, flags := range []uint16{0, cshim.SetupFlagHold, cshim.SetupFlagHold | cshim.SetupFlagAfter} {
 		s := sampleSetup()
 		s.Flags = flags
 		got, err := DecodeSetup(mustEncode(t, s))

@@ -442,6 +442,50 @@ func cases() []e2eCase {
 				}
 			},
 		}),
+		// x-disk-refs-after-switchover: the storage is slow (30 MB/s), so
+		// the fetch is far behind when the first pass is out; the source
+		// switches to postcopy by itself, the destination fills the rest
+		// while postcopy runs, and the source completes once all are
+		// filled.  The destination stays paused: RAM compared.
+		nasmigBothSides(e2eCase{
+			name: "16c-fill-after-switchover", workload: "pagecache-read", slowStorage: 30_000_000,
+			opts: harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
+			flow: slowStorageFlow,
+			check: func(t *testing.T, o outcome) {
+				requireFilledAfter(t, o)
+				if o.dst.FromSourceAfterSwitchover != 0 {
+					t.Errorf("%d references came from the source after the switch, with the destination paused: want 0", o.dst.FromSourceAfterSwitchover)
+				}
+			},
+		}),
+		// The same, the destination's guest resumed as soon as postcopy
+		// runs and reading all its files at once: pages it touches before
+		// their fill come from the source, the guest's own verification
+		// of every file must pass meanwhile.
+		nasmigBothSides(e2eCase{
+			name: "16d-fill-after-switchover-guest-runs", workload: "pagecache-read", slowStorage: 30_000_000,
+			pluginArgs: []string{"fill-after-switchover=on"},
+			opts:       harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true}},
+			flow:       fillAfterGuestRunsFlow,
+			check:      requireFilledAfter,
+		}),
+		// The same, one block in every storage read corrupt (a flipped
+		// byte): what fails after the switch is asked from the source
+		// through postcopy's page request (RAM compared: no page may be
+		// missing or wrong).
+		nasmigBothSides(e2eCase{
+			name: "16e-fill-after-switchover-reads-corrupt", workload: "pagecache-read", slowStorage: 30_000_000,
+			dstFault: "dest-read-corrupt:*",
+			opts:     harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
+			flow:     slowStorageFlow,
+			check: func(t *testing.T, o outcome) {
+				requireRefs(t, o)
+				if o.dst.VerifyFailures == 0 || o.dst.FromSourceAfterSwitchover == 0 || o.dst.PendingPages != 0 {
+					t.Errorf("verify-failures %d, from-source-after-switchover %d, pending %d: want > 0, > 0, 0",
+						o.dst.VerifyFailures, o.dst.FromSourceAfterSwitchover, o.dst.PendingPages)
+				}
+			},
+		}),
 		nasmigBothSides(e2eCase{
 			name: "17-exec-no-return-path", workload: "pagecache-read", flow: execFlow,
 		}),
@@ -610,6 +654,27 @@ func cases() []e2eCase {
 }
 
 func nasmigBothSides(c e2eCase) e2eCase { c.src, c.dst = nasmigOn, nasmigOn; return c }
+
+// requireFilledAfter: the migration went through postcopy with references
+// left to fill, and every reference was filled or its page sent whole.
+func requireFilledAfter(t *testing.T, o outcome) {
+	t.Helper()
+	requireRefs(t, o)
+	if o.dst.FilledAfterSwitchover == 0 || o.dst.VerifyFailures != 0 || o.dst.PendingPages != 0 {
+		t.Errorf("filled-after-switchover %d, verify-failures %d, pending %d: want > 0, 0, 0", o.dst.FilledAfterSwitchover, o.dst.VerifyFailures, o.dst.PendingPages)
+	}
+	// Handed back before the switch, those came whole (before it, or in
+	// postcopy after the switch's discard cancelled their references).
+	if got := o.dst.FetchedPages + o.dst.FromSourceAfterSwitchover + o.dst.HandedBack + guestChanged(o); got < o.src.RefPages {
+		t.Errorf("fetched %d + from the source %d + handed back %d (+ %d the guest changed) of %d references: some never filled",
+			o.dst.FetchedPages, o.dst.FromSourceAfterSwitchover, o.dst.HandedBack, guestChanged(o), o.src.RefPages)
+	}
+	if ram := o.result.Source.RAM; ram == nil || ram.PostcopyBytes == 0 && !slices.Contains(o.result.Source.StatusPath, "postcopy-active") {
+		t.Errorf("the migration never entered postcopy (status path %v)", o.result.Source.StatusPath)
+	}
+	t.Logf("after the switch: %d filled from storage, %d from the source; %d of %d fetched in all",
+		o.dst.FilledAfterSwitchover, o.dst.FromSourceAfterSwitchover, o.dst.FetchedPages, o.src.RefPages)
+}
 
 // guestChanged counts the mapped pages the guest changed during the
 // migration (a write to their block, or new content at send): a reference

@@ -234,34 +234,12 @@ func snapshotsFlow(t *testing.T, ctx context.Context, p *pair) {
 // identical on both sides.
 func postcopyFlow(t *testing.T, ctx context.Context, p *pair) {
 	uri := startMigration(t, ctx, p, "pc.migrate")
-	for {
-		info, err := harness.QueryMigrate(ctx, p.src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.Status == "active" {
-			break
-		}
-		if terminal(info.Status) {
-			t.Fatalf("migration ended (%s: %s) before it could switch to postcopy", info.Status, info.ErrorDesc)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitSourceStatus(t, ctx, p, "active")
 	if _, err := p.src.QMP.Execute(ctx, "migrate-start-postcopy", nil); err != nil {
 		t.Fatal(err)
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, p.c.opts.Timeout)
-	defer cancel()
-	srcInfo, err := harness.WaitMigration(waitCtx, p.src, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dstInfo, err := harness.WaitMigration(waitCtx, p.dst, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	result := &harness.MigrationResult{URI: uri, Source: srcInfo, Destination: dstInfo}
-	p.finish(t, result)
+	result := waitBothEnd(t, ctx, p, uri)
+	srcInfo, dstInfo := result.Source, result.Destination
 	if srcInfo.Status != "completed" || dstInfo.Status != "completed" {
 		t.Fatalf("postcopy: source %s (%s), destination %s (%s)", srcInfo.Status, srcInfo.ErrorDesc, dstInfo.Status, dstInfo.ErrorDesc)
 	}
@@ -280,6 +258,84 @@ func postcopyFlow(t *testing.T, ctx context.Context, p *pair) {
 		p.c.check(t, outcomeOf(result))
 	}
 	resumeAndVerify(t, ctx, p)
+}
+
+// fillAfterGuestRunsFlow migrates with slow storage and resumes the
+// destination's guest as soon as the migration is in postcopy, while
+// references are still being filled, and has the guest verify every file
+// (through its page cache) right then.  The destination's guest ran, so
+// its RAM is not compared; its own verification is the check.
+func fillAfterGuestRunsFlow(t *testing.T, ctx context.Context, p *pair) {
+	if err := p.storage.SetReadLimit(ctx, p.c.slowStorage); err != nil {
+		t.Fatal(err)
+	}
+	uri := startMigration(t, ctx, p, "fa.migrate")
+	waitSourceStatus(t, ctx, p, "postcopy-active")
+	lastSourceBeat, _ := p.src.Heartbeat()
+	mark := p.dst.Serial.Mark()
+	if err := p.dst.Cont(ctx); err != nil {
+		t.Fatal(err)
+	}
+	verifyCtx, cancelVerify := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancelVerify()
+	checked, verifyErr := p.dst.Verify(verifyCtx)
+	result := waitBothEnd(t, ctx, p, uri)
+	srcInfo, dstInfo := result.Source, result.Destination
+	if err := p.storage.SetReadLimit(ctx, 0); err != nil {
+		t.Error(err)
+	}
+	if srcInfo.Status != "completed" || dstInfo.Status != "completed" {
+		t.Fatalf("source %s (%s), destination %s (%s)", srcInfo.Status, srcInfo.ErrorDesc, dstInfo.Status, dstInfo.ErrorDesc)
+	}
+	if verifyErr != nil {
+		t.Fatalf("the guest's verification while references were filled: %v", verifyErr)
+	}
+	t.Logf("verify while filling: PASS, checked=%d", checked)
+	beats := waitBeats(t, ctx, p.dst, mark, 2)
+	if beats[0] <= lastSourceBeat || beats[1] <= beats[0] {
+		t.Fatalf("heartbeats: source's last %d, destination's %v: want increasing past the source's", lastSourceBeat, beats)
+	}
+	if p.c.check != nil {
+		p.c.check(t, outcomeOf(result))
+	}
+}
+
+// waitBothEnd waits until the migration to uri has ended on both sides,
+// and records it.
+func waitBothEnd(t *testing.T, ctx context.Context, p *pair, uri string) *harness.MigrationResult {
+	t.Helper()
+	waitCtx, cancel := context.WithTimeout(ctx, p.c.opts.Timeout)
+	defer cancel()
+	srcInfo, err := harness.WaitMigration(waitCtx, p.src, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dstInfo, err := harness.WaitMigration(waitCtx, p.dst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result := &harness.MigrationResult{URI: uri, Source: srcInfo, Destination: dstInfo}
+	p.finish(t, result)
+	return result
+}
+
+// waitSourceStatus polls the source's migration until it has status; the
+// migration ending first fails the test.
+func waitSourceStatus(t *testing.T, ctx context.Context, p *pair, status string) {
+	t.Helper()
+	for {
+		info, err := harness.QueryMigrate(ctx, p.src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Status == status {
+			return
+		}
+		if terminal(info.Status) {
+			t.Fatalf("migration ended (%s: %s) before it was %s", info.Status, info.ErrorDesc, status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // startMigration sets the case's capabilities and parameters on both

@@ -83,6 +83,10 @@ type DiskRefStats struct {
 	PendingPages   int64 `json:"pending-pages"`   // fills not finished yet
 	SentFull       int64 `json:"sent-full"`       // mapped pages sent in full because the destination asked (source)
 	HandedBack     int64 `json:"handed-back"`     // references the fetch handed back to the link (destination)
+	// Postcopy with x-disk-refs-after-switchover (destination): references
+	// filled after the switch, and those whose page came from the source.
+	FilledAfterSwitchover     int64 `json:"filled-after-switchover"`
+	FromSourceAfterSwitchover int64 `json:"from-source-after-switchover"`
 }
 
 // MigrationInfo is one side's query-migrate answer. Fields QEMU left out are

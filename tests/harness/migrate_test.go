@@ -26,7 +26,8 @@ const allDiskRefs = `{"status": "completed", "disk-refs": {
   "mapped-pages": 1, "ref-pages": 2, "ref-bytes-saved": 3, "ref-misses": 4, "ring-drops": 5,
   "invalidations": 6, "fetched-pages": 7, "fetch-reads": 8, "fetch-bytes": 9,
   "verify-failures": 10, "fallbacks": 11, "fetch-time-ms": 12, "pending-pages": 13,
-  "sent-full": 14, "handed-back": 15}}`
+  "sent-full": 14, "handed-back": 15, "filled-after-switchover": 16,
+  "from-source-after-switchover": 17}}`
 
 func TestParseMigrationInfoAllDiskRefCounters(t *testing.T) {
 	info, err := ParseMigrationInfo(json.RawMessage(allDiskRefs))
@@ -37,7 +38,7 @@ func TestParseMigrationInfoAllDiskRefCounters(t *testing.T) {
 		MappedPages: 1, RefPages: 2, RefBytesSaved: 3, RefMisses: 4, RingDrops: 5,
 		Invalidations: 6, FetchedPages: 7, FetchReads: 8, FetchBytes: 9,
 		VerifyFailures: 10, Fallbacks: 11, FetchTimeMs: 12, PendingPages: 13,
-		SentFull: 14, HandedBack: 15,
+		SentFull: 14, HandedBack: 15, FilledAfterSwitchover: 16, FromSourceAfterSwitchover: 17,
 	}
 	if info.DiskRefs == nil || *info.DiskRefs != want {
 		t.Errorf("disk-refs = %+v, want %+v", info.DiskRefs, want)
