@@ -91,3 +91,23 @@ func TestWorkCount(t *testing.T) {
 		t.Error("hasWorkCount: want mixed only of mixed, idle, mmap-write")
 	}
 }
+
+func TestSwitchMs(t *testing.T) {
+	pre := []sample{{Ms: 0}, {Ms: 100}, {Ms: 200}}
+	post := []sample{{Ms: 0}, {Ms: 100}, {Ms: 200, Postcopy: true}, {Ms: 300, Postcopy: true}}
+	for _, c := range []struct {
+		name     string
+		timeline []sample
+		total    int64
+		want     int64
+	}{
+		{"pre-copy: the end", pre, 250, 250},
+		{"postcopy: its first sample", post, 900, 200},
+		{"never past the end", post, 150, 150},
+		{"no timeline", nil, 400, 400},
+	} {
+		if got := switchMs(c.timeline, c.total); got != c.want {
+			t.Errorf("%s: switchMs = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
