@@ -486,6 +486,16 @@ func cases() []e2eCase {
 				}
 			},
 		}),
+		// The same with a guest that keeps overwriting its cached files
+		// while it migrates: many pages change after their reference
+		// went, and the switch's discard must cancel those references
+		// (RAM compared).
+		nasmigBothSides(e2eCase{
+			name: "16f-fill-after-switchover-mixed", workload: "mixed", settle: 3, slowStorage: 30_000_000,
+			opts:  harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
+			flow:  slowStorageFlow,
+			check: requirePostcopyFill,
+		}),
 		nasmigBothSides(e2eCase{
 			name: "17-exec-no-return-path", workload: "pagecache-read", flow: execFlow,
 		}),
@@ -655,25 +665,32 @@ func cases() []e2eCase {
 
 func nasmigBothSides(c e2eCase) e2eCase { c.src, c.dst = nasmigOn, nasmigOn; return c }
 
-// requireFilledAfter: the migration went through postcopy with references
-// left to fill, and every reference was filled or its page sent whole.
-func requireFilledAfter(t *testing.T, o outcome) {
+// requirePostcopyFill: the migration went through postcopy with references
+// left to fill, filled them all, and none failed verification.
+func requirePostcopyFill(t *testing.T, o outcome) {
 	t.Helper()
 	requireRefs(t, o)
 	if o.dst.FilledAfterSwitchover == 0 || o.dst.VerifyFailures != 0 || o.dst.PendingPages != 0 {
 		t.Errorf("filled-after-switchover %d, verify-failures %d, pending %d: want > 0, 0, 0", o.dst.FilledAfterSwitchover, o.dst.VerifyFailures, o.dst.PendingPages)
-	}
-	// Handed back before the switch, those came whole (before it, or in
-	// postcopy after the switch's discard cancelled their references).
-	if got := o.dst.FetchedPages + o.dst.FromSourceAfterSwitchover + o.dst.HandedBack + guestChanged(o); got < o.src.RefPages {
-		t.Errorf("fetched %d + from the source %d + handed back %d (+ %d the guest changed) of %d references: some never filled",
-			o.dst.FetchedPages, o.dst.FromSourceAfterSwitchover, o.dst.HandedBack, guestChanged(o), o.src.RefPages)
 	}
 	if ram := o.result.Source.RAM; ram == nil || ram.PostcopyBytes == 0 && !slices.Contains(o.result.Source.StatusPath, "postcopy-active") {
 		t.Errorf("the migration never entered postcopy (status path %v)", o.result.Source.StatusPath)
 	}
 	t.Logf("after the switch: %d filled from storage, %d from the source; %d of %d fetched in all",
 		o.dst.FilledAfterSwitchover, o.dst.FromSourceAfterSwitchover, o.dst.FetchedPages, o.src.RefPages)
+}
+
+// requireFilledAfter adds to requirePostcopyFill that every reference was
+// filled or its page sent whole.
+func requireFilledAfter(t *testing.T, o outcome) {
+	t.Helper()
+	requirePostcopyFill(t, o)
+	// Handed back before the switch, those came whole (before it, or in
+	// postcopy after the switch's discard cancelled their references).
+	if got := o.dst.FetchedPages + o.dst.FromSourceAfterSwitchover + o.dst.HandedBack + guestChanged(o); got < o.src.RefPages {
+		t.Errorf("fetched %d + from the source %d + handed back %d (+ %d the guest changed) of %d references: some never filled",
+			o.dst.FetchedPages, o.dst.FromSourceAfterSwitchover, o.dst.HandedBack, guestChanged(o), o.src.RefPages)
+	}
 }
 
 // guestChanged counts the mapped pages the guest changed during the

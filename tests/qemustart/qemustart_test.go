@@ -185,8 +185,8 @@ func TestCapabilityAnswersAsStock(t *testing.T) {
 	n := 0
 	for _, field := range strings.Split(stockCaps, `"capability": "`)[1:] {
 		name := field[:strings.Index(field, `"`)]
-		if name == "x-disk-refs" {
-			continue // nasmig's own: needs the library, checked above
+		if name == "x-disk-refs" || name == "x-disk-refs-after-switchover" {
+			continue // nasmig's own: need the library, checked in TestNasmigCapabilities
 		}
 		set := `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"` + name + `","state":true}]}}`
 		stock := qmpAnswer(t, base("tcg"), set)
@@ -200,4 +200,37 @@ func TestCapabilityAnswersAsStock(t *testing.T) {
 		t.Fatalf("only %d capabilities compared: the list did not parse (%s)", n, stockCaps)
 	}
 	t.Logf("%d capabilities: the same answer with and without libnasmig.so", n)
+}
+
+// nasmig's own capabilities: without the library each is refused naming
+// it; with it, x-disk-refs is accepted alone, and
+// x-disk-refs-after-switchover only next to postcopy-ram.
+func TestNasmigCapabilities(t *testing.T) {
+	lib := filepath.Join(outDir(t), "libnasmig.so")
+	set := func(caps ...string) string {
+		var list []string
+		for _, c := range caps {
+			list = append(list, `{"capability":"`+c+`","state":true}`)
+		}
+		return `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[` + strings.Join(list, ",") + `]}}`
+	}
+	for _, c := range []struct {
+		withLib bool
+		caps    []string
+		want    string // in the answer
+	}{
+		{false, []string{"x-disk-refs"}, "requires libnasmig.so"},
+		{false, []string{"postcopy-ram", "x-disk-refs-after-switchover"}, "requires libnasmig.so"},
+		{true, []string{"x-disk-refs"}, `"return"`},
+		{true, []string{"x-disk-refs-after-switchover"}, "requires capability 'postcopy-ram'"},
+		{true, []string{"postcopy-ram", "x-disk-refs-after-switchover"}, `"return"`},
+	} {
+		args := base("tcg")
+		if c.withLib {
+			args = append(args, "-plugin", lib)
+		}
+		if got := qmpAnswer(t, args, set(c.caps...)); !strings.Contains(got, c.want) {
+			t.Errorf("library %v, capabilities %v: answer %s, want it to contain %s", c.withLib, c.caps, got, c.want)
+		}
+	}
 }
