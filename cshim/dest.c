@@ -322,6 +322,13 @@ static void fill_leave(void)
     __atomic_sub_fetch(&nasmig_g.fills_writing, 1, __ATOMIC_SEQ_CST);
 }
 
+/* The word's page still waits for its reference: pending, or failed. */
+static inline int fill_waits(uint32_t w)
+{
+    return nasmig_fill_state(w) == NASMIG_FILL_PENDING ||
+           nasmig_fill_state(w) == NASMIG_FILL_FAILED;
+}
+
 /* Fills one verified page if its reference is still current. */
 static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf)
 {
@@ -332,9 +339,7 @@ static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf)
 
     while (mode != NASMIG_FILL_MODE_CLOSED) {
         old = LOAD_ACQ(&st[r->page]);
-        if (nasmig_fill_gen(old) != r->gen ||
-            (nasmig_fill_state(old) != NASMIG_FILL_PENDING &&
-             nasmig_fill_state(old) != NASMIG_FILL_FAILED)) {
+        if (nasmig_fill_gen(old) != r->gen || !fill_waits(old)) {
             break;
         }
         if (!__atomic_compare_exchange_n(&st[r->page], &old,
@@ -386,18 +391,16 @@ void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
     }
 }
 
+static int page_waits(const uint32_t *st, uint64_t page)
+{
+    return fill_waits(LOAD_ACQ(&st[page]));
+}
+
 /*
  * Discards every page still waiting for its reference (pending or failed),
  * in runs, so that with userfaultfd the guest's first touch of one faults
  * instead of reading what the page held before.
  */
-static int page_waits(const uint32_t *st, uint64_t page)
-{
-    uint32_t s = nasmig_fill_state(LOAD_ACQ(&st[page]));
-
-    return s == NASMIG_FILL_PENDING || s == NASMIG_FILL_FAILED;
-}
-
 static int discard_waiting_pages(void)
 {
     int rbi, nrb = LOAD_ACQ(&nasmig_g.nrb), ret;
