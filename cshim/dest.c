@@ -25,7 +25,7 @@ static inline uint64_t get_be64(const uint8_t *p)
     return v;
 }
 
-static void wake_go(void)
+void nasmig_wake_go(void)
 {
     uint64_t one = 1;
 
@@ -48,7 +48,7 @@ static int qemu_wait(void)
 {
     /* Flag first, then wake: Go, once awake, sees that QEMU waits. */
     __atomic_store_n(&qemu_waits, 1, __ATOMIC_SEQ_CST);
-    wake_go();
+    nasmig_wake_go();
     return -EAGAIN;
 }
 
@@ -215,7 +215,7 @@ int nasmig_lib_ref_received(uint32_t ramblock, uint64_t ram_offset, void *host,
     nasmig_ring_publish(&nasmig_req_ring, pos);
     /* After the publish: Go pops every reference this count includes. */
     __atomic_add_fetch(&nasmig_g.refs_received, 1, __ATOMIC_RELEASE);
-    wake_go();
+    nasmig_wake_go();
     return 0;
 }
 
@@ -260,6 +260,7 @@ int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
                 }
                 if (LOAD_ACQ(&nasmig_g.fill_mode) == NASMIG_FILL_MODE_PLACE) {
                     STAT_ADD(from_source_after_switchover, 1);
+                    nasmig_touch_resolved(ramblock, page, 0);
                 }
                 return 0;
             }
@@ -274,14 +275,14 @@ void nasmig_lib_read_done(uint64_t cookie, int ret)
 
     /* Bounded by the reads Go keeps in flight, far below the ring size. */
     while (nasmig_ring_reserve(&nasmig_done_ring, 1, &pos) < 0) {
-        wake_go();
+        nasmig_wake_go();
         sched_yield();
     }
     d = nasmig_ring_elem(&nasmig_done_ring, pos);
     d->cookie = cookie;
     d->ret = ret;
     nasmig_ring_publish(&nasmig_done_ring, pos);
-    wake_go();
+    nasmig_wake_go();
 }
 
 /* Whether page holds exactly the block r refers to (its 128-bit hash). */
@@ -368,6 +369,7 @@ static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf)
         STAT_ADD(fetched_pages, 1);
         if (mode == NASMIG_FILL_MODE_PLACE) {
             STAT_ADD(filled_after_switchover, 1);
+            nasmig_touch_resolved(r->ramblock, r->page, 1);
         }
         res = NASMIG_FILLED;
         break;
@@ -452,7 +454,7 @@ int nasmig_lib_dest_postcopy(int stage)
     case NASMIG_POSTCOPY_PLACE:
         __atomic_store_n(&nasmig_g.fill_mode, NASMIG_FILL_MODE_PLACE,
                          __ATOMIC_SEQ_CST);
-        wake_go();
+        nasmig_wake_go();
         return 0;
     }
     return -EINVAL;
@@ -558,7 +560,7 @@ int nasmig_lib_dest_barrier(void)
         nasmig_g.flush_waiting_for =
             __atomic_add_fetch(&nasmig_g.flush_req, 1, __ATOMIC_SEQ_CST);
         nasmig_g.flush_waiting = 1;
-        wake_go();
+        nasmig_wake_go();
     }
     if ((int32_t)(LOAD_ACQ(&nasmig_g.flush_ack) -
                   nasmig_g.flush_waiting_for) >= 0) {
@@ -574,7 +576,7 @@ int nasmig_lib_dest_finish(void)
 
     __atomic_or_fetch(&nasmig_g.finish_req, NASMIG_FINISH_REQ_FINISH,
                       __ATOMIC_SEQ_CST);
-    wake_go();
+    nasmig_wake_go();
     state = LOAD_ACQ(&nasmig_g.finish_state);
     if (state == NASMIG_FINISH_WORKING) {
         return qemu_wait();

@@ -165,5 +165,26 @@ const (
 // DestPostcopy is the loader's call at each stage of the switch to postcopy.
 func DestPostcopy(stage int) int { return int(C.nasmig_lib_dest_postcopy(C.int(stage))) }
 
+// DestPageFault is postcopy's fault thread's call for a page the guest
+// touched: true when the library serves it (it waits for its reference).
+func DestPageFault(rb uint32, ramOffset uint64) bool {
+	return C.nasmig_lib_dest_page_fault(C.uint32_t(rb), C.uint64_t(ramOffset)) != 0
+}
+
+// TouchReq is a fault on a page waiting for its reference.
+type TouchReq C.struct_nasmig_touch_req
+
+func (t *TouchReq) RAMBlock() uint32 { return uint32(t.ramblock) }
+func (t *TouchReq) Page() uint64     { return uint64(t.page) }
+
+// TouchPop moves faults on waiting pages out of their ring.
+func TouchPop(out []TouchReq) int {
+	return int(C.nasmig_touch_pop((*C.struct_nasmig_touch_req)(&out[0]), C.uint(len(out))))
+}
+
+// LatencyBucketTop is the value the fault-latency histogram reports for a
+// latency of us microseconds (the top of its bucket).
+func LatencyBucketTop(us uint64) uint64 { return uint64(C.nasmig_touch_bucket_top_of(C.uint64_t(us))) }
+
 // DestFinish is the loader's call once the stream is complete.
 func DestFinish() int { return int(C.nasmig_lib_dest_finish()) }

@@ -117,6 +117,10 @@ int nasmig_shim_init(unsigned ring_slots)
         ret = nasmig_ring_init(&nasmig_done_ring, NASMIG_DONE_RING_SLOTS,
                                sizeof(struct nasmig_fetch_done));
     }
+    if (!ret) {
+        ret = nasmig_ring_init(&nasmig_touch_ring, NASMIG_TOUCH_RING_SLOTS,
+                               sizeof(struct nasmig_touch_req));
+    }
     return ret;
 }
 
@@ -143,5 +147,6 @@ void nasmig_shim_fill(struct nasmig_lib *lib)
     lib->auto_enable = nasmig_lib_auto_enable;
     lib->fill_after_default = nasmig_lib_fill_after_default;
     lib->dest_postcopy = nasmig_lib_dest_postcopy;
+    lib->dest_page_fault = nasmig_lib_dest_page_fault;
     lib->fault = nasmig_lib_fault;
 }

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 9
+#define NASMIG_ABI_VERSION 10
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
@@ -89,7 +89,8 @@ extern "C" {
  * FILL_AFTER (with HOLD): the source switches to postcopy instead of
  * holding, once its first pass is out; references the fetch has not filled
  * by then are filled while the destination's guest runs (placed whole with
- * userfaultfd, a page the guest touches first asked from the source), and
+ * userfaultfd; a page the guest touches first is read from storage ahead
+ * of the rest, or asked from the source when the storage is slow), and
  * the source completes once the count says every reference is filled.
  */
 #define NASMIG_SETUP_FLAG_FILL_AFTER 0x2
@@ -321,6 +322,18 @@ struct nasmig_stats {
                                             * switch instead: the guest
                                             * touched it first, or it
                                             * failed verification */
+    /*
+     * FILL_AFTER, destination: the guest touched a page still waiting for
+     * its reference (a userfaultfd fault).  Served from storage: the
+     * fill placed it; from the source: its page came first.  Latency from
+     * the fault to the page being placed, over every such fault of this
+     * migration, in microseconds (a log-linear histogram: within 1/8).
+     */
+    uint64_t faults_from_storage;
+    uint64_t faults_from_source;
+    uint64_t fault_latency_median_us;
+    uint64_t fault_latency_p99_us;
+    uint64_t fault_latency_max_us;
 };
 
 /* The library's entry points, filled in by nasmig_register. */
@@ -494,6 +507,17 @@ struct nasmig_lib {
 
     /* The switch to postcopy reached a stage (enum nasmig_postcopy_stage). */
     int (*dest_postcopy)(int stage);
+
+    /*
+     * Destination, postcopy's fault thread: the guest touched a page that
+     * has not arrived.  Returns 1 when the page waits for its reference
+     * (FILL_AFTER): the library reads that block ahead of its queue and
+     * places the page, or, when the storage does not deliver within its
+     * fault-fallback, asks the source for it (nasmig_host.request_page);
+     * QEMU then asks nothing itself.  0: not the library's page; QEMU
+     * asks the source as usual.
+     */
+    int (*dest_page_fault)(uint32_t ramblock, uint64_t offset);
 
     /* --- both --- */
 

@@ -11,6 +11,7 @@
 #include "shim.h"
 
 struct nasmig_ring nasmig_track_ring, nasmig_req_ring, nasmig_done_ring;
+struct nasmig_ring nasmig_touch_ring;
 
 int nasmig_ring_init(struct nasmig_ring *r, unsigned slots, size_t esize)
 {
@@ -137,6 +138,11 @@ unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max)
     return ring_pop(&nasmig_done_ring, out, max);
 }
 
+unsigned nasmig_touch_pop(struct nasmig_touch_req *out, unsigned max)
+{
+    return ring_pop(&nasmig_touch_ring, out, max);
+}
+
 /*
  * The Go fetcher, after announcing that it sleeps: is there work it would
  * miss?  A request or completion published between its last pop and the
@@ -144,5 +150,6 @@ unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max)
  */
 int nasmig_fetch_work_ready(void)
 {
-    return ring_ready(&nasmig_req_ring) || ring_ready(&nasmig_done_ring);
+    return ring_ready(&nasmig_req_ring) || ring_ready(&nasmig_done_ring) ||
+           ring_ready(&nasmig_touch_ring);
 }

@@ -135,6 +135,14 @@ struct nasmig_fetch_req {
     uint64_t hash[2];
     void *host;
 };
+/* A fault on a page waiting for its reference (touch.c), for Go. */
+struct nasmig_touch_req {
+    uint32_t ramblock;
+    uint32_t reserved;
+    uint64_t page;
+};
+#define NASMIG_TOUCH_RING_SLOTS (1u << 10)
+
 struct nasmig_fetch_done {
     uint64_t cookie;
     int64_t ret;
@@ -234,6 +242,8 @@ struct nasmig_ring {
 
 /* Tracking records (struct nasmig_rec); fetch requests and completions. */
 extern struct nasmig_ring nasmig_track_ring, nasmig_req_ring, nasmig_done_ring;
+/* Faults on pages waiting for their references (struct nasmig_touch_req). */
+extern struct nasmig_ring nasmig_touch_ring;
 
 static inline uint64_t *nasmig_ring_seq(struct nasmig_ring *r, uint64_t pos)
 {
@@ -265,6 +275,15 @@ uint64_t nasmig_lost_head(void);
 uint64_t nasmig_ring_tail(void);
 unsigned nasmig_req_pop(struct nasmig_fetch_req *out, unsigned max);
 unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max);
+unsigned nasmig_touch_pop(struct nasmig_touch_req *out, unsigned max);
+/* touch.c */
+int nasmig_lib_dest_page_fault(uint32_t ramblock, uint64_t ram_offset);
+void nasmig_touch_resolved(uint32_t ramblock, uint64_t page, int from_storage);
+void nasmig_touch_stats(struct nasmig_stats *out);
+void nasmig_touch_reset(void);
+uint64_t nasmig_touch_bucket_top_of(uint64_t us);
+/* Wakes Go's fetcher if it sleeps (dest.c). */
+void nasmig_wake_go(void);
 void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
                         const uint8_t *const *bufs, uint8_t *results);
 int nasmig_fail_page(const struct nasmig_fetch_req *req);

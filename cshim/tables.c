@@ -68,6 +68,7 @@ void nasmig_stats_reset(void)
             __atomic_store_n(&w[i], 0, __ATOMIC_RELAXED);
         }
     }
+    nasmig_touch_reset();
 }
 
 void nasmig_lib_stats(struct nasmig_stats *out)
@@ -79,6 +80,7 @@ void nasmig_lib_stats(struct nasmig_stats *out)
     for (i = 0; i < sizeof(*out) / 8; i++) {
         dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
     }
+    nasmig_touch_stats(out);
 }
 
 /* Go's store of the time the fetch took (Go's sync/atomic: seq_cst). */

@@ -218,6 +218,11 @@ func (s *Stats) FetchBytes() uint64                { return uint64(s.fetch_bytes
 func (s *Stats) VerifyFailures() uint64            { return uint64(s.verify_failures) }
 func (s *Stats) Fallbacks() uint64                 { return uint64(s.fallbacks) }
 func (s *Stats) PendingPages() uint64              { return uint64(s.pending_pages) }
+func (s *Stats) FaultsFromStorage() uint64         { return uint64(s.faults_from_storage) }
+func (s *Stats) FaultsFromSource() uint64          { return uint64(s.faults_from_source) }
+func (s *Stats) FaultLatencyMedianUS() uint64      { return uint64(s.fault_latency_median_us) }
+func (s *Stats) FaultLatencyP99US() uint64         { return uint64(s.fault_latency_p99_us) }
+func (s *Stats) FaultLatencyMaxUS() uint64         { return uint64(s.fault_latency_max_us) }
 
 // NowNS is CLOCK_MONOTONIC in nanoseconds, the clock of first_ref_ns.
 func NowNS() uint64 { return uint64(C.nasmig_now_ns()) }

@@ -423,7 +423,8 @@ func nasmigDestSetup(buf *C.uint8_t, length C.uint32_t) C.int {
 	for _, d := range s.Disks {
 		names[uint32(d.Index)] = d.Filename
 	}
-	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] }, hold, lib.cfg.HandBack)
+	f, err := fetch.Start(lib.log, func(i uint32) string { return names[i] }, fetch.Options{Hold: hold, HandBack: lib.cfg.HandBack,
+		FaultFallback: lib.cfg.FaultFallback, FillAfterMax: lib.cfg.FillAfterMax})
 	if err != nil {
 		cshim.SetErr(err.Error())
 		return -C.EIO
@@ -460,7 +461,10 @@ func nasmigDestCleanup(failed C.int) {
 		ev = ev.Dur("caught_up_to_gate", t.FinishSeen.Sub(t.FirstCaughtUp))
 	}
 	if st.FilledAfterSwitchover() > 0 || st.FromSourceAfterSwitchover() > 0 {
-		ev = ev.Uint64("filled_after_switchover", st.FilledAfterSwitchover()).Uint64("from_source_after_switchover", st.FromSourceAfterSwitchover())
+		ev = ev.Uint64("filled_after_switchover", st.FilledAfterSwitchover()).Uint64("from_source_after_switchover", st.FromSourceAfterSwitchover()).
+			Uint64("faults_from_storage", st.FaultsFromStorage()).Uint64("faults_from_source", st.FaultsFromSource()).
+			Uint64("fault_latency_median_us", st.FaultLatencyMedianUS()).Uint64("fault_latency_p99_us", st.FaultLatencyP99US()).
+			Int("fault_reads", t.FaultReads).Int("faults_asked_from_source", t.FaultsAsked)
 	}
 	if st.HandedBack() > 0 {
 		ev = ev.Uint64("handed_back", st.HandedBack()).Uint64("handed_back_came_in_full", t.HandBackArrived).

@@ -45,7 +45,7 @@ func startDestination(t *testing.T, name string, npages int, seed uint64, hold, 
 	cshim.DestReset()
 	cshim.StatsReset()
 	cshim.SetDestDisk(0, 0, size, track)
-	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return file }, hold, handBack)
+	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return file }, fetch.Options{Hold: hold, HandBack: handBack})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,18 +2,12 @@ package cabitest_test
 
 import (
 	"bytes"
-	"math/rand/v2"
 	"testing"
 	"time"
-	"unsafe"
-
-	"github.com/rs/zerolog"
 
 	"nasmig/cshim"
 	"nasmig/cshim/cabitest"
-	"nasmig/cshim/cshimtest"
 	"nasmig/plugin/fetch"
-	"nasmig/plugin/wire"
 )
 
 // References filled after the switch to postcopy (setup flag FILL_AFTER),
@@ -26,58 +20,10 @@ import (
 // request, not RESEND, and the page that comes supersedes it.
 func TestFillAfterSwitchoverPlacesPages(t *testing.T) {
 	const npages = 48
-	const spread = 300 // blocks between two referenced ones: one read each
-	const bad = 40     // its reference carries the wrong hash
-	file := "/shared/fillafter.raw"
-	diskSize := uint64(npages*spread) * cshim.PageSize
-	ramSize := uint64(npages) * cshim.PageSize
-	cabitest.InstallHost(nil)
-	rb := cshim.RAMBlockAdd("fillafter-ram", ramSize)
-	track := cshim.DiskAdd("fillafter-disk", file, diskSize)
-	if rb < 0 || track < 0 {
-		t.Fatalf("registration: ram block %d, disk %d", rb, track)
-	}
-	ram, disk := cshimtest.CMem(t, int(ramSize)), cshimtest.CMem(t, int(diskSize))
-	cshimtest.FillRandom(rand.New(rand.NewPCG(13, 13)), disk)
-	for i := range ram {
-		ram[i] = 0xee // what the pages held before: never to be seen again
-	}
-	cabitest.SetDisk(disk)
-	cabitest.SetRAM(rb, ram)
-	cabitest.SetReadDelay(15 * time.Millisecond)
-	defer cabitest.SetReadDelay(0)
-	cshim.SetMigKey(cshim.ExpandKey([32]byte{'f', 'a'}))
-	cshim.DestReset()
-	cshim.StatsReset()
-	cshim.SetDestDisk(0, 0, diskSize, track)
-	cshim.SetDestFillAfter(true)
-	f, err := fetch.Start(zerolog.Nop(), func(uint32) string { return file }, true, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cshim.SetDestOn(true)
-	defer func() {
-		cshim.SetDestOn(false)
-		cshim.CloseFills()
-		f.Stop()
-	}()
-	block := func(p uint64) []byte {
-		b := p * spread * cshim.PageSize
-		return disk[b : b+cshim.PageSize]
-	}
-	page := func(p uint64) []byte { return ram[p*cshim.PageSize : (p+1)*cshim.PageSize] }
-	earlier := len(cabitest.Messages())
-
-	for p := uint64(0); p < npages; p++ {
-		h := cshim.HashPageMig(block(p))
-		if p == bad {
-			h[0] ^= 1
-		}
-		rec := wire.EncodeRef(wire.Ref{Disk: 0, Offset: p * spread * cshim.PageSize, Hash: h})
-		if rc := cshim.RefReceived(uint32(rb), p*cshim.PageSize, unsafe.Pointer(&ram[p*cshim.PageSize]), rec); rc != 0 {
-			t.Fatalf("page %d: ref_received %d", p, rc)
-		}
-	}
+	const bad = 40 // its reference carries the wrong hash
+	b := newFillAfterBed(t, "fillafter", npages, 300, 15*time.Millisecond, fetch.Options{})
+	block, page, earlier := b.block, b.page, b.earlierMsgs
+	b.sendRefs(t, bad, true)
 	time.Sleep(100 * time.Millisecond)
 
 	if rc := cshim.DestPostcopy(cshim.PostcopySwitch); rc != 0 {
@@ -129,7 +75,7 @@ func TestFillAfterSwitchoverPlacesPages(t *testing.T) {
 		}
 	}
 	// The source's page for the failed reference arrives in postcopy.
-	if rc := cshim.BeforePageWrite(uint32(rb), bad*cshim.PageSize, false); rc != 0 {
+	if rc := cshim.BeforePageWrite(uint32(b.rb), bad*cshim.PageSize, false); rc != 0 {
 		t.Fatalf("before_page_write: %d", rc)
 	}
 	if st := cshim.StatsSnapshot(); st.PendingPages() != 0 || st.FromSourceAfterSwitchover() != 1 {

@@ -36,7 +36,27 @@ type Config struct {
 	// the destination fills the references left then while its guest runs
 	// (as capability x-disk-refs-after-switchover asks for one migration).
 	FillAfter bool
+	// FaultFallback (fault-fallback=DURATION, destination, filling after
+	// the switchover): a page the guest touches before its fill is read
+	// from storage ahead of the rest; if that has not placed it within
+	// this long (a slow or stalled storage, or a read that waits for the
+	// very thread that faulted), the source is asked for the page.
+	FaultFallback time.Duration
+	// FillAfterMax (fill-after-max=DURATION, destination, 0: no bound):
+	// how long the source waits after the switchover for this side's
+	// fills; then every page still waiting is asked from the source, so
+	// the migration completes without the storage.
+	FillAfterMax time.Duration
 }
+
+// DefaultFaultFallback: a 4 KiB read behind the fetch's reads in flight
+// (4 MiB at most after the switch) takes about 35 ms on a 1 Gbit/s storage
+// link; past 50 ms the source, which holds the page, is the faster way.
+const DefaultFaultFallback = 50 * time.Millisecond
+
+// DefaultFillAfterMax bounds the source's wait after the switchover, as
+// DefaultHoldMax bounds the hold.
+const DefaultFillAfterMax = 60 * time.Second
 
 // DefaultHoldMax bounds the switchover hold unless hold-max= says
 // otherwise: long enough for the fetch of a large page cache from storage
@@ -49,7 +69,8 @@ var ErrBadArgument = errors.New("bad plugin argument")
 
 // Default is the configuration of a plugin loaded without arguments.
 func Default() Config {
-	return Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: DefaultHoldMax, HandBack: true}
+	return Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: DefaultHoldMax, HandBack: true,
+		FaultFallback: DefaultFaultFallback, FillAfterMax: DefaultFillAfterMax}
 }
 
 // Parse reads "key=value" arguments.
@@ -86,6 +107,16 @@ func Parse(args []string) (Config, error) {
 			if err == nil && c.HoldMax < 0 {
 				err = errors.New("must not be negative")
 			}
+		case "fault-fallback":
+			c.FaultFallback, err = time.ParseDuration(val)
+			if err == nil && c.FaultFallback <= 0 {
+				err = errors.New("must be positive")
+			}
+		case "fill-after-max":
+			c.FillAfterMax, err = time.ParseDuration(val)
+			if err == nil && c.FillAfterMax < 0 {
+				err = errors.New("must not be negative")
+			}
 		case "hand-back":
 			c.HandBack, err = onOff(val)
 		case "fill-after-switchover":
@@ -98,7 +129,7 @@ func Parse(args []string) (Config, error) {
 			}
 			c.RingSlots = uint32(n)
 		default:
-			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, hand-back, fill-after-switchover, ring)", ErrBadArgument, key)
+			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, hand-back, fill-after-switchover, fault-fallback, fill-after-max, ring)", ErrBadArgument, key)
 		}
 		if err != nil {
 			return c, fmt.Errorf("%w %q: %v", ErrBadArgument, arg, err)

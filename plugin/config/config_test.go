@@ -11,7 +11,8 @@ import (
 )
 
 func TestDefaults(t *testing.T) {
-	want := Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: time.Minute, HandBack: true}
+	want := Config{Enabled: true, Auto: true, LogLevel: zerolog.WarnLevel, RingSlots: 1 << 16, HoldMax: time.Minute, HandBack: true,
+		FaultFallback: 50 * time.Millisecond, FillAfterMax: time.Minute}
 	if got := Default(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Default() = %+v, want %+v", got, want)
 	}
@@ -56,6 +57,8 @@ func TestParseKeys(t *testing.T) {
 		{"ring 4096", []string{"ring=4096"}, func(c *Config) { c.RingSlots = 4096 }},
 		{"hold-max 5s", []string{"hold-max=5s"}, func(c *Config) { c.HoldMax = 5 * time.Second }},
 		{"hold-max unbounded", []string{"hold-max=0"}, func(c *Config) { c.HoldMax = 0 }},
+		{"fault-fallback 5ms", []string{"fault-fallback=5ms"}, func(c *Config) { c.FaultFallback = 5 * time.Millisecond }},
+		{"fill-after-max unbounded", []string{"fill-after-max=0"}, func(c *Config) { c.FillAfterMax = 0 }},
 		{"hand-back off", []string{"hand-back=off"}, func(c *Config) { c.HandBack = false }},
 		{"fill after switchover", []string{"fill-after-switchover=on"}, func(c *Config) { c.FillAfter = true }},
 		{"all keys", []string{"enable=on", "auto=off", "log=info", "logfile=/l", "debug-socket=/s", "exclude=x", "ring=1024"},
@@ -108,6 +111,8 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"ring= 64"}, "ring= 64"},
 		{[]string{"hold-max=5"}, "missing unit"},
 		{[]string{"hold-max=-1s"}, "must not be negative"},
+		{[]string{"fault-fallback=0s"}, "must be positive"},
+		{[]string{"fill-after-max=-1s"}, "must not be negative"},
 		{[]string{"unknown=1"}, "unknown key"},
 		{[]string{"Enable=on"}, "unknown key"},
 		{[]string{" enable=on"}, "unknown key"},

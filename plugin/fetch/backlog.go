@@ -133,3 +133,13 @@ func (q *backlog) takeBack(n int) []item {
 	}
 	return out
 }
+
+// each calls fn for every queued reference; flush first.
+func (q *backlog) each(fn func(*item)) {
+	for i := range q.runs {
+		rest := q.runs[i].rest()
+		for j := range rest {
+			fn(&rest[j])
+		}
+	}
+}

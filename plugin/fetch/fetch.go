@@ -30,8 +30,12 @@ import (
 const (
 	maxReadBlocks = 256 // 1 MiB per coalesced read
 	maxInFlight   = 16  // storage reads in flight
-	maxErrors     = 8   // messages kept for the report
-	maxFillers    = 4
+	// After the switch to postcopy a read for a page the guest touched
+	// queues behind the background reads in flight: fewer of them keep its
+	// wait short (4 MiB is 35 ms on a 1 Gbit/s link) and still fill the link.
+	maxInFlightPlacing = 4
+	maxErrors          = 8 // messages kept for the report
+	maxFillers         = 4
 )
 
 type item struct {
@@ -99,6 +103,10 @@ type Fetcher struct {
 	// that fails is asked from the source through postcopy's page request
 	// (its dirty bitmap is not synced any more, so RESEND would be lost).
 	placing bool
+	// touch: the pages the guest touched while they waited for their
+	// reference (touch.go).
+	touch  touchState
+	reqBuf []cshim.FetchReq // popRefs' buffer
 
 	handBack handBack
 
@@ -128,12 +136,17 @@ type Timings struct {
 	HandBackArrived uint64
 	HandBackFetched int
 	HandBackMapped  uint64 // came in full holding their block: mapped for the next migration
+	// Filling after the switchover (touch.go): blocks read ahead of the
+	// queue for pages the guest touched, and pages asked from the source
+	// (past the fault fallback, or fill-after-max).
+	FaultReads, FaultsAsked int
 }
 
 // Timings returns the waits so far (call after Stop, or from the worker).
 func (f *Fetcher) Timings() Timings {
 	t := f.timings
 	t.HandBackArrived, t.HandBackFetched, t.HandBackMapped = f.handBack.arrived, f.handBack.fetched, f.handBack.mapped
+	t.FaultReads, t.FaultsAsked = f.touch.reads, f.touch.asked
 	return t
 }
 
@@ -141,18 +154,30 @@ func (f *Fetcher) Timings() Timings {
 // (its link idles in the hold).
 const refsQuiet = 200 * time.Millisecond
 
+// Options of one incoming migration's fetch.
+type Options struct {
+	// Hold: a live migration with a return path (the source holds the
+	// switchover for the fetch, and can be asked for pages).
+	Hold bool
+	// HandBack: hand references back to the source while the fetch is
+	// behind the link (handback.go).
+	HandBack bool
+	// FaultFallback and FillAfterMax: filling after the switchover
+	// (touch.go; config.Config says what they mean).
+	FaultFallback, FillAfterMax time.Duration
+}
+
 // Start launches the worker; it sleeps on an eventfd that C writes to.
-// handBackOn: hand references back to the source while the fetch is behind
-// the link (handback.go).
-func Start(log zerolog.Logger, diskName DiskName, hold, handBackOn bool) (*Fetcher, error) {
+func Start(log zerolog.Logger, diskName DiskName, o Options) (*Fetcher, error) {
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("fetch: eventfd: %w", err)
 	}
 	fillers := min(max(runtime.GOMAXPROCS(0), 1), maxFillers)
 	f := &Fetcher{log: log, diskName: diskName, wakeFD: fd, stop: make(chan struct{}), done: make(chan struct{}),
-		inflight: map[uint64]*batch{}, hold: hold, handBack: handBack{off: !handBackOn},
-		toFill: make(chan *batch, maxInFlight)}
+		inflight: map[uint64]*batch{}, hold: o.Hold, handBack: handBack{off: !o.HandBack},
+		toFill: make(chan *batch, maxInFlight), reqBuf: make([]cshim.FetchReq, 1024), touch: newTouchState(o.FaultFallback, o.FillAfterMax)}
+	f.touch.drain()
 	cshim.SetWakeFD(fd)
 	for i := 0; i < fillers; i++ {
 		go f.fill()
@@ -199,24 +224,10 @@ func (f *Fetcher) Stop() {
 
 func (f *Fetcher) run() {
 	defer close(f.done)
-	reqs := make([]cshim.FetchReq, 1024)
 	dones := make([]cshim.FetchDone, 64)
 	var stopAt time.Time
 	for {
-		busy := false
-		received := cshim.RefsReceived()
-		n := cshim.ReqPop(reqs)
-		if n < len(reqs) {
-			f.popped = received
-		}
-		if n > 0 {
-			busy = true
-			f.lastRef = time.Now()
-			if !f.timings.FirstCaughtUp.IsZero() {
-				f.timings.RefsAfter += n
-			}
-			f.enqueue(reqs[:n], false)
-		}
+		busy := f.popRefs()
 		if n := cshim.DonePop(dones); n > 0 {
 			busy = true
 			for i := 0; i < n; i++ {
@@ -225,7 +236,7 @@ func (f *Fetcher) run() {
 		}
 		// Refill before accounting fills: the storage keeps reading while
 		// the fillers work.
-		if f.queued.len() > 0 && f.reading < maxInFlight {
+		if f.queued.len() > 0 && f.reading < f.inFlightLimit() {
 			busy = true
 			f.issue(false)
 		}
@@ -237,11 +248,14 @@ func (f *Fetcher) run() {
 			busy = true
 			f.account(b)
 		}
-		if f.queued.len() > 0 && f.reading < maxInFlight {
+		if f.queued.len() > 0 && f.reading < f.inFlightLimit() {
 			busy = true
 			f.issue(false)
 		}
 		f.postcopyTick()
+		if f.touchTick(time.Now()) {
+			busy = true
+		}
 		f.settle()
 		f.reportCaughtUp()
 		f.handBackTick(time.Now())
@@ -267,6 +281,25 @@ func (f *Fetcher) run() {
 	}
 }
 
+// popRefs takes the references that arrived off the C queue; true when
+// there were some.
+func (f *Fetcher) popRefs() bool {
+	received := cshim.RefsReceived()
+	n := cshim.ReqPop(f.reqBuf)
+	if n < len(f.reqBuf) {
+		f.popped = received
+	}
+	if n == 0 {
+		return false
+	}
+	f.lastRef = time.Now()
+	if !f.timings.FirstCaughtUp.IsZero() {
+		f.timings.RefsAfter += n
+	}
+	f.enqueue(f.reqBuf[:n], false)
+	return true
+}
+
 // reportCaughtUp tells the source how many references the fetch has
 // caught up with, whenever that count grows: every reference popped is
 // filled, or failed (the source was asked for the page: that message went
@@ -276,11 +309,18 @@ func (f *Fetcher) run() {
 // compares the count with the references it sent, so no timer here guesses
 // whether more are coming.
 func (f *Fetcher) reportCaughtUp() {
-	if !f.hold || f.popped == f.reported || f.queued.len() > 0 || len(f.inflight) > 0 {
+	if !f.hold || f.popped == f.reported {
 		return
 	}
-	if st := cshim.StatsSnapshot(); st.PendingPages() > uint64(len(f.failed)) {
-		return
+	// Past fill-after-max every page still waiting was asked from the
+	// source, whose completion sends it: reads still out do not count.
+	if !f.touch.allAsked {
+		if f.queued.len() > 0 || len(f.inflight) > 0 {
+			return
+		}
+		if st := cshim.StatsSnapshot(); st.PendingPages() > uint64(len(f.failed)) {
+			return
+		}
 	}
 	if err := cshim.SendToSource(wire.EncodeCaughtUp(f.popped)); err != nil {
 		if !f.reportFailed {
@@ -378,6 +418,10 @@ func (f *Fetcher) settle() {
 }
 
 func (f *Fetcher) sleep() {
+	timeout := 20 // ms
+	if len(f.touch.waiting) > 0 {
+		timeout = 2 // a fault's fallback is due soon
+	}
 	cshim.SetSleeping()
 	// Re-check after announcing sleep: C may have queued work just before.
 	if cshim.WorkReady() {
@@ -387,7 +431,7 @@ func (f *Fetcher) sleep() {
 		return
 	}
 	fds := []unix.PollFd{{Fd: int32(f.wakeFD), Events: unix.POLLIN}}
-	unix.Poll(fds, 20)
+	unix.Poll(fds, timeout)
 	var b [8]byte
 	unix.Read(f.wakeFD, b[:])
 }
@@ -410,6 +454,9 @@ func (f *Fetcher) enqueue(reqs []cshim.FetchReq, retry bool) {
 	var refused []item
 	for _, r := range reqs {
 		it := item{req: r, retry: retry}
+		if f.placing {
+			f.touch.late[touchKey(r.RAMBlock(), r.Page())] = r
+		}
 		if int32(r.Disk()) == cshim.DestDiskRefused {
 			refused = append(refused, it)
 		} else {
@@ -429,35 +476,46 @@ const injectedStall = 3 * time.Second
 // maxInFlight are in flight (a final re-read starts them all).
 func (f *Fetcher) issue(retry bool) {
 	f.queued.flush()
-	for f.queued.len() > 0 && (f.reading < maxInFlight || retry) {
+	for f.queued.len() > 0 && (f.reading < f.inFlightLimit() || retry) {
 		buf, err := f.buffer()
 		if err != nil {
 			f.log.Error().Err(err).Msg("no buffer for a storage read; retrying later")
 			break
 		}
-		items := f.queued.next(maxReadBlocks)
-		first, last := items[0].req, items[len(items)-1].req.Block()
-		b := &batch{disk: first.Disk(), first: first.Block(), nblocks: last - first.Block() + 1,
-			buf: buf, items: append([]item(nil), items...), retry: retry}
-		if cshim.Fault(cshim.FaultFetchStall) {
-			f.log.Warn().Dur("for", injectedStall).Msg("injected fault: the fetch stalls")
-			time.Sleep(injectedStall)
-		}
-		f.nextID++
-		id := f.nextID
-		f.inflight[id] = b
-		f.reading++
-		err = cshim.ReadDisk(b.disk, b.first<<cshim.PageShift, buf, 0, b.nblocks*cshim.PageSize, id)
-		if err != nil {
-			delete(f.inflight, id)
-			f.reading--
-			f.free = append(f.free, buf)
-			f.fail(b.items, err.Error())
-		} else {
-			cshim.AddFetchReads(1)
-			cshim.AddFetchBytes(b.nblocks * cshim.PageSize)
-		}
+		f.startRead(buf, f.queued.next(maxReadBlocks), retry)
 	}
+}
+
+// startRead reads the blocks of items (contiguous, on one disk) into buf.
+func (f *Fetcher) startRead(buf *cshim.CBuf, items []item, retry bool) {
+	first, last := items[0].req, items[len(items)-1].req.Block()
+	b := &batch{disk: first.Disk(), first: first.Block(), nblocks: last - first.Block() + 1,
+		buf: buf, items: append([]item(nil), items...), retry: retry}
+	if cshim.Fault(cshim.FaultFetchStall) {
+		f.log.Warn().Dur("for", injectedStall).Msg("injected fault: the fetch stalls")
+		time.Sleep(injectedStall)
+	}
+	f.nextID++
+	id := f.nextID
+	f.inflight[id] = b
+	f.reading++
+	if err := cshim.ReadDisk(b.disk, b.first<<cshim.PageShift, buf, 0, b.nblocks*cshim.PageSize, id); err != nil {
+		delete(f.inflight, id)
+		f.reading--
+		f.free = append(f.free, buf)
+		f.fail(b.items, err.Error())
+		return
+	}
+	cshim.AddFetchReads(1)
+	cshim.AddFetchBytes(b.nblocks * cshim.PageSize)
+}
+
+// inFlightLimit is how many background reads may be out at once.
+func (f *Fetcher) inFlightLimit() int {
+	if f.placing {
+		return maxInFlightPlacing
+	}
+	return maxInFlight
 }
 
 // complete takes a finished storage read: a failed one fails its items,
@@ -523,6 +581,7 @@ func (f *Fetcher) postcopyTick() {
 	for i := range f.failed {
 		f.askSource(&f.failed[i].req)
 	}
+	f.touch.start(f, time.Now())
 	f.log.Debug().Int("queued", f.queued.len()).Int("in_flight", len(f.inflight)).Int("failed", len(f.failed)).
 		Msg("postcopy started: the rest of the references are filled while the guest runs")
 }

@@ -127,6 +127,9 @@ type e2eCase struct {
 	// slowStorage: the shared NBD storage is throttled to this many bytes
 	// per second for reads, from just before the migration until it ended.
 	slowStorage int64
+	// stallStorage (fillAfterGuestRunsFlow): the storage server stops
+	// this long (SIGSTOP) as soon as the destination's guest runs.
+	stallStorage time.Duration
 	// pluginArgs are added to the library's arguments on both sides.
 	pluginArgs []string
 	// hotplug: a second SCSI controller for hot-plugged disks and a
@@ -496,6 +499,33 @@ func cases() []e2eCase {
 			flow:  slowStorageFlow,
 			check: requirePostcopyFill,
 		}),
+		// The storage server stalls for 3 s (SIGSTOP) just as the
+		// destination's guest starts to run and to read all its files:
+		// pages it touches before their fill are asked from the source
+		// after the fault fallback (50 ms), the fills wait, and then go
+		// on; the guest's verification must pass.
+		nasmigBothSides(e2eCase{
+			name: "16g-fill-after-switchover-storage-stall", workload: "pagecache-read", slowStorage: 30_000_000,
+			stallStorage: 3 * time.Second,
+			opts:         harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
+			flow:         fillAfterGuestRunsFlow,
+			check: func(t *testing.T, o outcome) {
+				requireFilledAfter(t, o)
+				if o.dst.FaultsFromSource == 0 {
+					t.Errorf("no fault served by the source while the storage stalled (from storage %d)", o.dst.FaultsFromStorage)
+				}
+			},
+		}),
+		// Filling after the switchover with a guest that changes pages of
+		// a file through a shared mapping (mapped blocks, new content not
+		// written back): those pages must go whole, never as references
+		// (RAM compared, the destination paused).
+		nasmigBothSides(e2eCase{
+			name: "16h-fill-after-switchover-mmap-write", workload: "mmap-write", slowStorage: 30_000_000,
+			opts:  harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
+			flow:  slowStorageFlow,
+			check: requirePostcopyFill,
+		}),
 		nasmigBothSides(e2eCase{
 			name: "17-exec-no-return-path", workload: "pagecache-read", flow: execFlow,
 		}),
@@ -676,8 +706,13 @@ func requirePostcopyFill(t *testing.T, o outcome) {
 	if ram := o.result.Source.RAM; ram == nil || ram.PostcopyBytes == 0 && !slices.Contains(o.result.Source.StatusPath, "postcopy-active") {
 		t.Errorf("the migration never entered postcopy (status path %v)", o.result.Source.StatusPath)
 	}
-	t.Logf("after the switch: %d filled from storage, %d from the source; %d of %d fetched in all",
-		o.dst.FilledAfterSwitchover, o.dst.FromSourceAfterSwitchover, o.dst.FetchedPages, o.src.RefPages)
+	t.Logf("after the switch (%d ms into the migration): %d filled from storage, %d from the source; %d of %d fetched in all",
+		o.src.SwitchoverMs, o.dst.FilledAfterSwitchover, o.dst.FromSourceAfterSwitchover, o.dst.FetchedPages, o.src.RefPages)
+	t.Logf("faults on waiting pages: %d served from storage, %d from the source; latency median %d us, p99 %d us, max %d us",
+		o.dst.FaultsFromStorage, o.dst.FaultsFromSource, o.dst.FaultLatencyMedianUs, o.dst.FaultLatencyP99Us, o.dst.FaultLatencyMaxUs)
+	if o.src.SwitchoverMs == 0 || o.src.SwitchoverMs > o.result.Source.TotalTime {
+		t.Errorf("source switchover-ms %d of total %d ms: want the time of the switch to postcopy", o.src.SwitchoverMs, o.result.Source.TotalTime)
+	}
 }
 
 // requireFilledAfter adds to requirePostcopyFill that every reference was

@@ -273,6 +273,22 @@ func fillAfterGuestRunsFlow(t *testing.T, ctx context.Context, p *pair) {
 	waitSourceStatus(t, ctx, p, "postcopy-active")
 	lastSourceBeat, _ := p.src.Heartbeat()
 	mark := p.dst.Serial.Mark()
+	if p.c.stallStorage > 0 {
+		if err := p.storage.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		resume := time.AfterFunc(p.c.stallStorage, func() {
+			if err := p.storage.Resume(); err != nil {
+				t.Error(err)
+			}
+		})
+		defer func() {
+			if resume.Stop() {
+				_ = p.storage.Resume()
+			}
+		}()
+		t.Logf("storage server stopped for %v", p.c.stallStorage)
+	}
 	if err := p.dst.Cont(ctx); err != nil {
 		t.Fatal(err)
 	}

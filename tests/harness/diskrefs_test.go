@@ -15,8 +15,9 @@ import (
 // The disk-refs counters have one home, struct nasmig_stats in
 // cshim/nasmig.h.  QEMU's QAPI type (qemu-patches/0002) and the harness's
 // DiskRefStats must name the same counters: snake_case becomes kebab-case,
-// fetch_time_ns is reported in ms, and ref-bytes-saved is derived from
-// ref_pages.
+// fetch_time_ns is reported in ms, ref-bytes-saved is derived from
+// ref_pages, and switchover-ms is QEMU's own (when the source switched to
+// postcopy).
 func TestDiskRefStatsMatchTheHeader(t *testing.T) {
 	var want []string
 	for _, name := range cshim.StatNames() {
@@ -26,7 +27,7 @@ func TestDiskRefStatsMatchTheHeader(t *testing.T) {
 		}
 		want = append(want, name)
 	}
-	want = append(want, "ref-bytes-saved")
+	want = append(want, "ref-bytes-saved", "switchover-ms")
 	slices.Sort(want)
 
 	var harness []string
@@ -45,7 +46,7 @@ func TestDiskRefStatsMatchTheHeader(t *testing.T) {
 	}
 	var qapi []string
 	def := regexp.MustCompile(`(?s)'struct': 'MigrationDiskRefs',\s*\n\+\s*'data': \{(.*?)\} \}`)
-	key := regexp.MustCompile(`'([a-z-]+)': 'uint64'`)
+	key := regexp.MustCompile(`'([a-z0-9-]+)': 'uint64'`)
 	for _, p := range patches {
 		b, err := os.ReadFile(p)
 		if err != nil {

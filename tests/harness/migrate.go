@@ -87,6 +87,15 @@ type DiskRefStats struct {
 	// filled after the switch, and those whose page came from the source.
 	FilledAfterSwitchover     int64 `json:"filled-after-switchover"`
 	FromSourceAfterSwitchover int64 `json:"from-source-after-switchover"`
+	// Faults on pages still waiting for their reference: served by the
+	// fill, or by the source's page; time from fault to place.
+	FaultsFromStorage    int64 `json:"faults-from-storage"`
+	FaultsFromSource     int64 `json:"faults-from-source"`
+	FaultLatencyMedianUs int64 `json:"fault-latency-median-us"`
+	FaultLatencyP99Us    int64 `json:"fault-latency-p99-us"`
+	FaultLatencyMaxUs    int64 `json:"fault-latency-max-us"`
+	// Source: ms from the start until the switch to postcopy (0: none).
+	SwitchoverMs int64 `json:"switchover-ms"`
 }
 
 // MigrationInfo is one side's query-migrate answer. Fields QEMU left out are

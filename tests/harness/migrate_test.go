@@ -27,7 +27,9 @@ const allDiskRefs = `{"status": "completed", "disk-refs": {
   "invalidations": 6, "fetched-pages": 7, "fetch-reads": 8, "fetch-bytes": 9,
   "verify-failures": 10, "fallbacks": 11, "fetch-time-ms": 12, "pending-pages": 13,
   "sent-full": 14, "handed-back": 15, "filled-after-switchover": 16,
-  "from-source-after-switchover": 17}}`
+  "from-source-after-switchover": 17, "faults-from-storage": 18, "faults-from-source": 19,
+  "fault-latency-median-us": 20, "fault-latency-p99-us": 21, "fault-latency-max-us": 22,
+  "switchover-ms": 23}}`
 
 func TestParseMigrationInfoAllDiskRefCounters(t *testing.T) {
 	info, err := ParseMigrationInfo(json.RawMessage(allDiskRefs))
@@ -39,6 +41,8 @@ func TestParseMigrationInfoAllDiskRefCounters(t *testing.T) {
 		Invalidations: 6, FetchedPages: 7, FetchReads: 8, FetchBytes: 9,
 		VerifyFailures: 10, Fallbacks: 11, FetchTimeMs: 12, PendingPages: 13,
 		SentFull: 14, HandedBack: 15, FilledAfterSwitchover: 16, FromSourceAfterSwitchover: 17,
+		FaultsFromStorage: 18, FaultsFromSource: 19, FaultLatencyMedianUs: 20, FaultLatencyP99Us: 21,
+		FaultLatencyMaxUs: 22, SwitchoverMs: 23,
 	}
 	if info.DiskRefs == nil || *info.DiskRefs != want {
 		t.Errorf("disk-refs = %+v, want %+v", info.DiskRefs, want)

@@ -219,6 +219,17 @@ func (s *StorageDaemon) SetReadLimit(ctx context.Context, bytesPerSec int64) err
 	return nil
 }
 
+// Pause stops the daemon (SIGSTOP): every request to it waits, as with a
+// storage server that stalls; Resume lets it go on.
+func (s *StorageDaemon) Pause() error {
+	return s.cmd.Process.Signal(syscall.SIGSTOP)
+}
+
+// Resume continues a paused daemon (SIGCONT).
+func (s *StorageDaemon) Resume() error {
+	return s.cmd.Process.Signal(syscall.SIGCONT)
+}
+
 // URI is what a QEMU passes as the drive's file: nbd+unix:///EXPORT?socket=PATH,
 // or nbd://HOST:PORT/EXPORT for a TCP listener.
 func (s *StorageDaemon) URI() string {

@@ -125,9 +125,17 @@ type row struct {
 	DstCPUms         int64    `json:"dst_cpu_ms"`               // the destination QEMU's, from migrate-incoming to completed
 	TotalTimeMs      int64    `json:"total_time_ms"`
 	// SwitchMs: when the guest could run on the destination and the
-	// source's link was done with its pages (switchMs).
-	SwitchMs    int64 `json:"switch_ms"`
-	SetupTimeMs int64 `json:"setup_time_ms"`
+	// source's link was done with its pages (the source's switchover-ms
+	// when nasmig filled after the switch, else switchMs).
+	SwitchMs int64 `json:"switch_ms"`
+	// Faults on pages still waiting for their reference after the switch
+	// (destination): served from storage, from the source, and the
+	// latency from fault to page placed.
+	FaultsFromStorage int64 `json:"faults_from_storage,omitempty"`
+	FaultsFromSource  int64 `json:"faults_from_source,omitempty"`
+	FaultMedianUs     int64 `json:"fault_latency_median_us,omitempty"`
+	FaultP99Us        int64 `json:"fault_latency_p99_us,omitempty"`
+	SetupTimeMs       int64 `json:"setup_time_ms"`
 	// The workload's own rate while the migration ran on the source, and
 	// in its first seconds on the destination, in thousandths of its rate
 	// before the migration (0: not measured; guestrate.go).
@@ -493,10 +501,15 @@ func migrateOnce(ctx context.Context, env harness.Env, accel string, o options, 
 		}
 		if d := result.Source.DiskRefs; d != nil {
 			r.RefPages = d.RefPages
+			if d.SwitchoverMs > 0 {
+				r.SwitchMs = d.SwitchoverMs
+			}
 		}
 		if d := result.Destination.DiskRefs; d != nil {
 			r.FetchedPages = d.FetchedPages
 			r.FetchBytes, r.FetchReads = d.FetchBytes, d.FetchReads
+			r.FaultsFromStorage, r.FaultsFromSource = d.FaultsFromStorage, d.FaultsFromSource
+			r.FaultMedianUs, r.FaultP99Us = d.FaultLatencyMedianUs, d.FaultLatencyP99Us
 		}
 	}
 	if err != nil {
@@ -923,8 +936,9 @@ func medianOf[R any, V cmp.Ordered](rows []R, keep func(R) bool, figure func(R) 
 func summaryTable(o options, rows []row) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "| network | workload | mode | runs ok | total ms | vs stock | guest runs there, ms | vs stock | downtime ms | MiB on the link | vs stock "+
-		"| references | coverage | MiB fetched | mean read KiB | dirty syncs | source CPU s | dest. CPU s | setup ms | guest rate during, after |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		"| references | coverage | MiB fetched | mean read KiB | dirty syncs | source CPU s | dest. CPU s | setup ms | guest rate during, after "+
+		"| faults storage/source, latency p50/p99 ms |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ratio := func(v, base int64) string {
 		if base == 0 {
 			return "-"
@@ -953,12 +967,17 @@ func summaryTable(o options, rows []row) string {
 				guestRate = fmt.Sprintf("%.2fx, %.2fx", float64(during)/1000, float64(med(func(r row) int64 { return r.RateAfterPermille }))/1000)
 			}
 			sw := med(func(r row) int64 { return r.SwitchMs })
-			fmt.Fprintf(&b, "| %s | %s | %s | %d of %d | %d | %s | %d | %s | %d | %.1f | %s | %d | %s | %.1f | %s | %d | %.1f | %.1f | %d | %s |\n",
+			faults := "-"
+			if st, so := med(func(r row) int64 { return r.FaultsFromStorage }), med(func(r row) int64 { return r.FaultsFromSource }); st+so > 0 {
+				faults = fmt.Sprintf("%d/%d, %.1f/%.1f", st, so, float64(med(func(r row) int64 { return r.FaultMedianUs }))/1000,
+					float64(med(func(r row) int64 { return r.FaultP99Us }))/1000)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %d of %d | %d | %s | %d | %s | %d | %.1f | %s | %d | %s | %.1f | %s | %d | %.1f | %.1f | %d | %s | %s |\n",
 				p, w, m.Name, n, o.runs, t, ratio(t, baseTime), sw, ratio(sw, baseTime), med(func(r row) int64 { return r.DowntimeMs }),
 				float64(by)/(1<<20), ratio(by, baseBytes), med(func(r row) int64 { return r.RefPages }), coverage,
 				float64(fetchBytes)/(1<<20), meanRead, med(func(r row) int64 { return r.DirtySyncs }),
 				float64(med(func(r row) int64 { return r.SrcCPUms }))/1000, float64(med(func(r row) int64 { return r.DstCPUms }))/1000,
-				med(func(r row) int64 { return r.SetupTimeMs }), guestRate)
+				med(func(r row) int64 { return r.SetupTimeMs }), guestRate, faults)
 		}
 	}
 	return b.String()

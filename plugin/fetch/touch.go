@@ -1,0 +1,231 @@
+package fetch
+
+import (
+	"slices"
+	"time"
+
+	"nasmig/cshim"
+)
+
+// Filling after the switchover (the source's setup flag FILL_AFTER): the
+// guest runs here while references are still being filled.  A page it
+// touches before its fill faults; QEMU's fault thread hands the fault to
+// the library (cshim/touch.c), and the fetcher reads that one block ahead
+// of the background queue.  If the page is not placed within the fault
+// fallback, the source, which still holds the page, is asked for it: the
+// storage may be slow or stalled, or the read may wait for the very
+// thread that faulted (QEMU's main loop serves the block layer, and may
+// itself be the one touching guest RAM).  Whichever comes first places
+// the page; the other is dropped (same content).
+//
+// fill-after-max bounds the whole: past it every page still waiting is
+// asked from the source, so the migration completes without the storage.
+
+// touchState is the fetcher's part of it.
+type touchState struct {
+	fallback, fillMax time.Duration
+	// index: every reference waiting at the switch, by (RAM block, page);
+	// no reference arrives after it.
+	index []cshim.FetchReq
+	// late: references the fetcher took after the switch (popped late,
+	// or re-read).
+	late    map[uint64]cshim.FetchReq
+	waiting map[uint64]*touched
+	since   time.Time // the switch
+	// allAsked: past fill-after-max every waiting page was asked from the
+	// source.
+	allAsked bool
+	pops     []cshim.TouchReq
+	// For the log at the end.
+	faults, reads, asked int
+}
+
+type touched struct {
+	req   cshim.FetchReq
+	due   time.Time
+	asked bool
+}
+
+func newTouchState(fallback, fillMax time.Duration) touchState {
+	if fallback <= 0 {
+		fallback = 50 * time.Millisecond
+	}
+	return touchState{fallback: fallback, fillMax: fillMax, waiting: map[uint64]*touched{},
+		late: map[uint64]cshim.FetchReq{},
+		pops: make([]cshim.TouchReq, 64)}
+}
+
+func touchKey(rb uint32, page uint64) uint64 { return uint64(rb)<<48 | page }
+
+func reqCmp(a, b cshim.FetchReq) int {
+	ka, kb := touchKey(a.RAMBlock(), a.Page()), touchKey(b.RAMBlock(), b.Page())
+	switch {
+	case ka < kb:
+		return -1
+	case ka > kb:
+		return 1
+	}
+	return 0
+}
+
+// drain drops faults a previous migration left in the ring.
+func (t *touchState) drain() {
+	for cshim.TouchPop(t.pops) > 0 {
+	}
+}
+
+// start indexes every reference still waiting, at the switch.
+func (t *touchState) start(f *Fetcher, now time.Time) {
+	t.since = now
+	f.queued.flush()
+	f.queued.each(func(it *item) { t.index = append(t.index, it.req) })
+	for _, b := range f.inflight {
+		for i := range b.items {
+			t.index = append(t.index, b.items[i].req)
+		}
+	}
+	for i := range f.failed {
+		t.index = append(t.index, f.failed[i].req)
+	}
+	slices.SortFunc(t.index, reqCmp)
+}
+
+// lookup finds the reference of a page (the newest, if it had several).
+func (t *touchState) lookup(rb uint32, page uint64) (cshim.FetchReq, bool) {
+	key := touchKey(rb, page)
+	if r, ok := t.late[key]; ok {
+		return r, true
+	}
+	i, _ := slices.BinarySearchFunc(t.index, key, func(r cshim.FetchReq, k uint64) int {
+		switch rk := touchKey(r.RAMBlock(), r.Page()); {
+		case rk < k:
+			return -1
+		case rk > k:
+			return 1
+		}
+		return 0
+	})
+	var found cshim.FetchReq
+	ok := false
+	for ; i < len(t.index) && touchKey(t.index[i].RAMBlock(), t.index[i].Page()) == key; i++ {
+		if !ok || t.index[i].Gen() > found.Gen() {
+			found, ok = t.index[i], true
+		}
+	}
+	return found, ok
+}
+
+// touchTick takes the guest's new faults, asks the source for those the
+// storage has not served within the fallback, and enforces fill-after-max.
+// True when it did something.
+func (f *Fetcher) touchTick(now time.Time) bool {
+	t := &f.touch
+	if !f.placing {
+		return false
+	}
+	// References published before a fault are taken first, so that its
+	// lookup finds them.
+	busy := f.popRefs()
+	for {
+		n := cshim.TouchPop(t.pops)
+		for i := 0; i < n; i++ {
+			f.touchArrived(t.pops[i].RAMBlock(), t.pops[i].Page(), now)
+		}
+		if n < len(t.pops) {
+			break
+		}
+		busy = true
+	}
+	if len(t.waiting) > 0 {
+		busy = true
+		f.touchSettle(now)
+	}
+	if t.fillMax > 0 && !t.allAsked && now.Sub(t.since) > t.fillMax {
+		f.askAllWaiting()
+		busy = true
+	}
+	return busy
+}
+
+// touchArrived: the guest touched a page that waits for its reference.
+func (f *Fetcher) touchArrived(rb uint32, page uint64, now time.Time) {
+	t := &f.touch
+	key := touchKey(rb, page)
+	if _, ok := t.waiting[key]; ok {
+		return
+	}
+	t.faults++
+	r, ok := t.lookup(rb, page)
+	if !ok {
+		// Not a reference this side knows: the source has the page.
+		if err := cshim.RequestPage(rb, page<<cshim.PageShift); err != nil {
+			f.log.Warn().Err(err).Msg("cannot ask the source for a page the guest touched")
+		}
+		t.asked++
+		return
+	}
+	w := &touched{req: r, due: now.Add(t.fallback)}
+	t.waiting[key] = w
+	if buf, err := f.buffer(); err == nil {
+		// One block, ahead of the background reads.
+		f.startRead(buf, []item{{req: r}}, false)
+		t.reads++
+	} else {
+		w.due = now
+	}
+}
+
+// touchSettle forgets the touched pages that are placed (or failed: then
+// the source was asked already) and asks the source for those past due.
+func (f *Fetcher) touchSettle(now time.Time) {
+	t := &f.touch
+	reqs := make([]cshim.FetchReq, 0, len(t.waiting))
+	keys := make([]uint64, 0, len(t.waiting))
+	for k, w := range t.waiting {
+		reqs = append(reqs, w.req)
+		keys = append(keys, k)
+	}
+	pending := make([]uint8, len(reqs))
+	cshim.RefsPending(reqs, pending)
+	for i, k := range keys {
+		w := t.waiting[k]
+		if pending[i] == 0 {
+			delete(t.waiting, k)
+			continue
+		}
+		if !w.asked && !now.Before(w.due) {
+			w.asked = true
+			t.asked++
+			if err := cshim.RequestPage(w.req.RAMBlock(), w.req.Page()<<cshim.PageShift); err != nil {
+				f.log.Warn().Err(err).Msg("cannot ask the source for a page the guest touched")
+			}
+		}
+	}
+}
+
+// askAllWaiting: fill-after-max has passed; the source sends every page
+// still waiting for its fill (its completion waits for them).
+func (f *Fetcher) askAllWaiting() {
+	t := &f.touch
+	t.allAsked = true
+	asked := 0
+	const chunk = 4096
+	pending := make([]uint8, chunk)
+	for off := 0; off < len(t.index); off += chunk {
+		reqs := t.index[off:min(off+chunk, len(t.index))]
+		cshim.RefsPending(reqs, pending[:len(reqs)])
+		for i := range reqs {
+			if pending[i] == 0 {
+				continue
+			}
+			if err := cshim.RequestPage(reqs[i].RAMBlock(), reqs[i].Page()<<cshim.PageShift); err != nil {
+				f.log.Error().Err(err).Msg("fill-after-max: cannot ask the source for a page")
+				continue
+			}
+			asked++
+		}
+	}
+	t.asked += asked
+	f.log.Warn().Dur("fill_after_max", t.fillMax).Int("pages", asked).
+		Msg("the fills after the switchover took longer than fill-after-max: the source sends the pages still waiting")
+}
