@@ -61,6 +61,11 @@ func newFillAfterBed(t *testing.T, name string, npages, spread uint64, delay tim
 	}
 	cshim.SetDestOn(true)
 	t.Cleanup(func() {
+		// No page of this bed may still wait when the next test's switch
+		// walks every RAM block.
+		for p := uint64(0); p < npages; p++ {
+			cshim.BeforePageWrite(uint32(rb), p*cshim.PageSize, false)
+		}
 		cshim.SetDestOn(false)
 		cshim.CloseFills()
 		f.Stop()
@@ -232,4 +237,35 @@ func TestGuestTouchFallsBackToTheSource(t *testing.T) {
 	// buffers are the storage's until then.
 	cabitest.SetReadDelay(0)
 	time.Sleep(1200 * time.Millisecond)
+}
+
+// A fault reads ahead: the blocks after the touched one (a file's next
+// pages, which the guest reads next) come with it, in one read, long
+// before the background queue reaches them.
+func TestGuestTouchReadsAhead(t *testing.T) {
+	// More than the reads in flight before the switch cover (16 of 1 MiB).
+	const npages = 8192
+	b := newFillAfterBed(t, "touchreadahead", npages, 1, 20*time.Millisecond,
+		fetch.Options{FaultFallback: 10 * time.Second})
+	b.sendRefs(t, 0, false)
+	b.switchToPostcopy(t)
+	const touched = 8000
+	if !cshim.DestPageFault(uint32(b.rb), touched*cshim.PageSize) {
+		t.Fatalf("a fault on a page waiting for its reference: not taken by the library")
+	}
+	waitFor(t, 5*time.Second, "the touched page was not placed", func() bool {
+		return bytes.Equal(b.page(touched), b.block(touched))
+	})
+	for p := uint64(touched); p < touched+32; p++ {
+		if !bytes.Equal(b.page(p), b.block(p)) {
+			t.Errorf("page %d, %d after the touched one: not read ahead with it", p, p-touched)
+		}
+	}
+	if bytes.Equal(b.page(7000), b.block(7000)) {
+		t.Errorf("page 7000 filled already: the background queue, not the fault, may have filled the pages after 8000")
+	}
+	waitFor(t, 10*time.Second, "not every page filled", func() bool {
+		st := cshim.StatsSnapshot()
+		return st.PendingPages() == 0
+	})
 }

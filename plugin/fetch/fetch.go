@@ -31,11 +31,13 @@ const (
 	maxReadBlocks = 256 // 1 MiB per coalesced read
 	maxInFlight   = 16  // storage reads in flight
 	// After the switch to postcopy a read for a page the guest touched
-	// queues behind the background reads in flight: fewer of them keep its
-	// wait short (4 MiB is 35 ms on a 1 Gbit/s link) and still fill the link.
-	maxInFlightPlacing = 4
-	maxErrors          = 8 // messages kept for the report
-	maxFillers         = 4
+	// queues behind the background reads in flight: fewer and smaller ones
+	// keep its wait short (1 MiB is 8 ms on a 1 Gbit/s link) and still
+	// fill the link.
+	maxInFlightPlacing   = 4
+	maxReadBlocksPlacing = 64 // 256 KiB
+	maxErrors            = 8  // messages kept for the report
+	maxFillers           = 4
 )
 
 type item struct {
@@ -482,7 +484,7 @@ func (f *Fetcher) issue(retry bool) {
 			f.log.Error().Err(err).Msg("no buffer for a storage read; retrying later")
 			break
 		}
-		f.startRead(buf, f.queued.next(maxReadBlocks), retry)
+		f.startRead(buf, f.queued.next(f.readBlocks()), retry)
 	}
 }
 
@@ -508,6 +510,14 @@ func (f *Fetcher) startRead(buf *cshim.CBuf, items []item, retry bool) {
 	}
 	cshim.AddFetchReads(1)
 	cshim.AddFetchBytes(b.nblocks * cshim.PageSize)
+}
+
+// readBlocks is the size of a background read, in blocks.
+func (f *Fetcher) readBlocks() uint64 {
+	if f.placing {
+		return maxReadBlocksPlacing
+	}
+	return maxReadBlocks
 }
 
 // inFlightLimit is how many background reads may be out at once.

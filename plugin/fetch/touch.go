@@ -1,6 +1,7 @@
 package fetch
 
 import (
+	"cmp"
 	"slices"
 	"time"
 
@@ -21,12 +22,21 @@ import (
 // fill-after-max bounds the whole: past it every page still waiting is
 // asked from the source, so the migration completes without the storage.
 
+// faultReadAhead: a fault reads the blocks after the touched one too, up
+// to this many in all (those still waiting for a fill): a guest that reads
+// a file touches its next pages next, and they are its next blocks on
+// disk, though anywhere in its RAM.  128 KiB cost the read little more
+// than its first block.
+const faultReadAhead = 32
+
 // touchState is the fetcher's part of it.
 type touchState struct {
 	fallback, fillMax time.Duration
 	// index: every reference waiting at the switch, by (RAM block, page);
 	// no reference arrives after it.
 	index []cshim.FetchReq
+	// byBlock: positions in index, by (disk, block), for read-ahead.
+	byBlock []int32
 	// late: references the fetcher took after the switch (popped late,
 	// or re-read).
 	late    map[uint64]cshim.FetchReq
@@ -77,6 +87,10 @@ func (t *touchState) drain() {
 // start indexes every reference still waiting, at the switch.
 func (t *touchState) start(f *Fetcher, now time.Time) {
 	t.since = now
+	// Every reference published so far goes into the index (read-ahead
+	// looks only there).
+	for f.popRefs() {
+	}
 	f.queued.flush()
 	f.queued.each(func(it *item) { t.index = append(t.index, it.req) })
 	for _, b := range f.inflight {
@@ -88,6 +102,51 @@ func (t *touchState) start(f *Fetcher, now time.Time) {
 		t.index = append(t.index, f.failed[i].req)
 	}
 	slices.SortFunc(t.index, reqCmp)
+	t.byBlock = make([]int32, len(t.index))
+	for i := range t.byBlock {
+		t.byBlock[i] = int32(i)
+	}
+	slices.SortFunc(t.byBlock, func(a, b int32) int { return blockCmp(&t.index[a], &t.index[b]) })
+}
+
+func blockCmp(a, b *cshim.FetchReq) int {
+	switch {
+	case a.Disk() != b.Disk():
+		return cmp.Compare(a.Disk(), b.Disk())
+	case a.Block() != b.Block():
+		return cmp.Compare(a.Block(), b.Block())
+	}
+	return 0
+}
+
+// readAhead is r and the references after it on its disk, within
+// faultReadAhead blocks, that still wait for their fill: one read.
+func (t *touchState) readAhead(r cshim.FetchReq) []item {
+	items := []item{{req: r}}
+	i, _ := slices.BinarySearchFunc(t.byBlock, r, func(j int32, r cshim.FetchReq) int {
+		return blockCmp(&t.index[j], &r)
+	})
+	var next []cshim.FetchReq
+	for ; i < len(t.byBlock); i++ {
+		c := t.index[t.byBlock[i]]
+		if c.Disk() != r.Disk() || c.Block() >= r.Block()+faultReadAhead {
+			break
+		}
+		if c.Block() > r.Block() {
+			next = append(next, c)
+		}
+	}
+	if len(next) == 0 {
+		return items
+	}
+	pending := make([]uint8, len(next))
+	cshim.RefsPending(next, pending)
+	for k, c := range next {
+		if pending[k] != 0 {
+			items = append(items, item{req: c})
+		}
+	}
+	return items
 }
 
 // lookup finds the reference of a page (the newest, if it had several).
@@ -167,8 +226,8 @@ func (f *Fetcher) touchArrived(rb uint32, page uint64, now time.Time) {
 	w := &touched{req: r, due: now.Add(t.fallback)}
 	t.waiting[key] = w
 	if buf, err := f.buffer(); err == nil {
-		// One block, ahead of the background reads.
-		f.startRead(buf, []item{{req: r}}, false)
+		// Ahead of the background reads: this block and the next ones.
+		f.startRead(buf, t.readAhead(r), false)
 		t.reads++
 	} else {
 		w.due = now

@@ -76,9 +76,21 @@ func guestStatus(ctx context.Context, vm *harness.VM) (string, time.Duration, er
 	return strings.TrimPrefix(line.Text, workLine), line.At, nil
 }
 
-// askWork asks the guest for its status and parses the work count.
+// askWork asks the guest for its status and parses the work count.  A
+// question the guest's console lost (a byte dropped as the guest resumes)
+// is asked again, three times at most.
 func askWork(ctx context.Context, vm *harness.VM, workload string) (workSample, error) {
-	text, at, err := guestStatus(ctx, vm)
+	var text string
+	var at time.Duration
+	var err error
+	for try := 0; try < 3; try++ {
+		askCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		text, at, err = guestStatus(askCtx, vm)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
 		return workSample{}, err
 	}
@@ -158,4 +170,51 @@ func permille(rate, base float64) int64 {
 		return 0
 	}
 	return int64(1000*rate/base + 0.5)
+}
+
+// switchRun is what resumeAtSwitch saw.
+type switchRun struct {
+	resumedMs int64   // when the destination's guest was resumed, since the call
+	rate      float64 // its work rate over rateWindow from then (0: no count)
+	err       error
+}
+
+// resumeAtSwitch waits until the source switches to postcopy, resumes the
+// destination's guest at once and measures its work rate there while
+// pages are still arriving (from the source, or filled from storage).
+func resumeAtSwitch(ctx context.Context, src, dst *harness.VM, workload string) switchRun {
+	t0 := time.Now()
+	for {
+		info, err := harness.QueryMigrate(ctx, src)
+		if err != nil {
+			return switchRun{err: err}
+		}
+		if info.Status == "postcopy-active" {
+			break
+		}
+		if info.Status == "completed" || info.Status == "failed" || info.Status == "cancelled" {
+			return switchRun{err: fmt.Errorf("the migration ended (%s) without switching to postcopy", info.Status)}
+		}
+		select {
+		case <-ctx.Done():
+			return switchRun{err: ctx.Err()}
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	res := switchRun{resumedMs: time.Since(t0).Milliseconds()}
+	mark := dst.Serial.Mark()
+	if err := dst.Cont(ctx); err != nil {
+		return switchRun{err: fmt.Errorf("resuming the destination in postcopy: %w", err)}
+	}
+	// Its first heartbeat: the guest runs and reads its console.
+	beatCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := dst.WaitLineAfter(beatCtx, mark, harness.LineHeartbeat)
+	cancel()
+	if err != nil {
+		return switchRun{err: fmt.Errorf("no heartbeat from the destination's guest in postcopy: %w", err)}
+	}
+	if hasWorkCount(workload) {
+		res.rate, res.err = rateOver(ctx, dst, workload, rateWindow)
+	}
+	return res
 }
