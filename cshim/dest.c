@@ -473,6 +473,13 @@ int nasmig_fill_placing(void)
            NASMIG_FILL_MODE_PLACE;
 }
 
+/* Whether fills copy pages in (before the switch to postcopy). */
+int nasmig_fill_copying(void)
+{
+    return __atomic_load_n(&nasmig_g.fill_mode, __ATOMIC_SEQ_CST) ==
+           NASMIG_FILL_MODE_COPY;
+}
+
 /* The incoming migration is over: a fill still waiting writes nothing. */
 void nasmig_close_fills(void)
 {

@@ -94,6 +94,12 @@ func SetDestFillAfter(on bool) { C.nasmig_set_dest_fill_after(cbool(on)) }
 // FillPlacing is true once postcopy runs and fills place pages whole.
 func FillPlacing() bool { return C.nasmig_fill_placing() != 0 }
 
+// FillCopying is true before the switch to postcopy (fills copy pages in),
+// when guest RAM may be read: after it, a page not placed yet must not be
+// touched (a read maps the zero page before userfaultfd watches RAM, and
+// waits for the page after).
+func FillCopying() bool { return C.nasmig_fill_copying() != 0 }
+
 // CloseFills makes every later fill write nothing (the migration is over).
 func CloseFills() { C.nasmig_close_fills() }
 

@@ -284,6 +284,7 @@ void nasmig_touch_reset(void);
 uint64_t nasmig_touch_bucket_top_of(uint64_t us);
 /* Wakes Go's fetcher if it sleeps (dest.c). */
 void nasmig_wake_go(void);
+int nasmig_fill_copying(void);
 void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
                         const uint8_t *const *bufs, uint8_t *results);
 int nasmig_fail_page(const struct nasmig_fetch_req *req);

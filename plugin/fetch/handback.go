@@ -217,6 +217,14 @@ func (h *handBack) settle(f *Fetcher, now time.Time, all bool) {
 // they hold their block, so that hand-back does not cost the next migration
 // its references; the others are looked at again when the stream has ended.
 func (h *handBack) mapArrived(reqs []cshim.FetchReq) {
+	if !cshim.FillCopying() {
+		// Postcopy: a page "arrived" may have been dropped by the
+		// switch's discard and not be placed yet; reading it would map
+		// the zero page where the source's page must go.  Looked at when
+		// the stream has ended, every page placed.
+		h.recheck = append(h.recheck, reqs...)
+		return
+	}
 	h.recheck = append(h.recheck, h.mapIfBlock(reqs)...)
 }
 

@@ -42,6 +42,8 @@ type touchState struct {
 	late    map[uint64]cshim.FetchReq
 	waiting map[uint64]*touched
 	since   time.Time // the switch
+	// lastFault: reads stay small for a while after it (fetch.go).
+	lastFault time.Time
 	// allAsked: past fill-after-max every waiting page was asked from the
 	// source.
 	allAsked bool
@@ -214,6 +216,7 @@ func (f *Fetcher) touchArrived(rb uint32, page uint64, now time.Time) {
 		return
 	}
 	t.faults++
+	t.lastFault = now
 	r, ok := t.lookup(rb, page)
 	if !ok {
 		// Not a reference this side knows: the source has the page.

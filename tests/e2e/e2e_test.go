@@ -121,6 +121,9 @@ type e2eCase struct {
 	overlay bool
 	// iothread: the disk's controller runs in an iothread.
 	iothread bool
+	// sharedMemory: guest RAM is a shared memfd backend (share=on), as
+	// with vhost-user devices, on both sides.
+	sharedMemory bool
 	// exclude: both sides load the library with exclude= each of these
 	// ("$IMAGE" stands for the case's image file).
 	exclude []string
@@ -525,6 +528,31 @@ func cases() []e2eCase {
 			opts:  harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
 			flow:  slowStorageFlow,
 			check: requirePostcopyFill,
+		}),
+		// The same with guest RAM on a shared memfd (share=on, as
+		// vhost-user devices need): discards punch holes in the shared
+		// file, userfaultfd places pages in it (RAM compared).
+		nasmigBothSides(e2eCase{
+			name: "16i-fill-after-switchover-shared-memory", workload: "pagecache-read", slowStorage: 30_000_000,
+			sharedMemory: true,
+			opts:         harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
+			flow:         slowStorageFlow,
+			check:        requireFilledAfter,
+		}),
+		// Blocks the guest had read are overwritten behind QEMU's back
+		// (a second NBD client) once references to them went: with the
+		// storage slow, most are read after the switch, fail
+		// verification and are asked from the source; RAM identical.
+		nasmigBothSides(e2eCase{
+			name: "16j-fill-after-switchover-stale-reference", workload: "pagecache-read", slowStorage: 30_000_000,
+			opts: harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true},
+				Timeout: 3 * time.Minute},
+			flow: func(t *testing.T, ctx context.Context, p *pair) {
+				if err := p.storage.SetReadLimit(ctx, p.c.slowStorage); err != nil {
+					t.Fatal(err)
+				}
+				staleReferenceFlow(t, ctx, p)
+			},
 		}),
 		nasmigBothSides(e2eCase{
 			name: "17-exec-no-return-path", workload: "pagecache-read", flow: execFlow,
@@ -999,6 +1027,11 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 			t.Fatal(err)
 		}
 		srcCfg.ExtraArgs = append(srcCfg.ExtraArgs, args...)
+	}
+	if c.sharedMemory {
+		srcCfg.ExtraArgs = append(srcCfg.ExtraArgs,
+			"-object", fmt.Sprintf("memory-backend-memfd,id=guest-ram,size=%dM,share=on", guestMemMiB),
+			"-machine", "memory-backend=guest-ram")
 	}
 	if c.dimm {
 		srcCfg.MemSlots, srcCfg.MaxMemMiB = 2, guestMemMiB+2*dimmMiB
