@@ -178,7 +178,8 @@ func (t *touchState) lookup(rb uint32, page uint64) (cshim.FetchReq, bool) {
 
 // touchTick takes the guest's new faults, asks the source for those the
 // storage has not served within the fallback, and enforces fill-after-max.
-// True when it did something.
+// True when it did something; faults merely waiting for their read are
+// not work (the loop's sleep wakes every 2 ms while there are some).
 func (f *Fetcher) touchTick(now time.Time) bool {
 	t := &f.touch
 	if !f.placing {
@@ -192,14 +193,13 @@ func (f *Fetcher) touchTick(now time.Time) bool {
 		for i := 0; i < n; i++ {
 			f.touchArrived(t.pops[i].RAMBlock(), t.pops[i].Page(), now)
 		}
+		busy = busy || n > 0
 		if n < len(t.pops) {
 			break
 		}
-		busy = true
 	}
-	if len(t.waiting) > 0 {
+	if len(t.waiting) > 0 && f.touchSettle(now) {
 		busy = true
-		f.touchSettle(now)
 	}
 	if t.fillMax > 0 && !t.allAsked && now.Sub(t.since) > t.fillMax {
 		f.askAllWaiting()
@@ -238,8 +238,10 @@ func (f *Fetcher) touchArrived(rb uint32, page uint64, now time.Time) {
 }
 
 // touchSettle forgets the touched pages that are placed (or failed: then
-// the source was asked already) and asks the source for those past due.
-func (f *Fetcher) touchSettle(now time.Time) {
+// the source was asked already) and asks the source for those past due;
+// true when it asked for one.
+func (f *Fetcher) touchSettle(now time.Time) bool {
+	asked := false
 	t := &f.touch
 	reqs := make([]cshim.FetchReq, 0, len(t.waiting))
 	keys := make([]uint64, 0, len(t.waiting))
@@ -257,12 +259,14 @@ func (f *Fetcher) touchSettle(now time.Time) {
 		}
 		if !w.asked && !now.Before(w.due) {
 			w.asked = true
+			asked = true
 			t.asked++
 			if err := cshim.RequestPage(w.req.RAMBlock(), w.req.Page()<<cshim.PageShift); err != nil {
 				f.log.Warn().Err(err).Msg("cannot ask the source for a page the guest touched")
 			}
 		}
 	}
+	return asked
 }
 
 // askAllWaiting: fill-after-max has passed; the source sends every page
