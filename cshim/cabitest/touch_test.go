@@ -99,6 +99,15 @@ func (b *fillAfterBed) sendRefs(t *testing.T, bad uint64, withBad bool) {
 	}
 }
 
+// fault is postcopy's fault thread handing the library a fault on page p,
+// which waits for its reference: the library must take it.
+func (b *fillAfterBed) fault(t *testing.T, p uint64) {
+	t.Helper()
+	if !cshim.DestPageFault(uint32(b.rb), p*cshim.PageSize) {
+		t.Fatalf("a fault on page %d, waiting for its reference: not taken by the library", p)
+	}
+}
+
 // switchToPostcopy runs the three stages at once (no pause between).
 func (b *fillAfterBed) switchToPostcopy(t *testing.T) {
 	t.Helper()
@@ -134,9 +143,7 @@ func TestGuestTouchReadsAheadOfTheQueue(t *testing.T) {
 	b.sendRefs(t, 0, false)
 	b.switchToPostcopy(t)
 	last := uint64(npages - 1) // the queue reads in block order: this one last
-	if !cshim.DestPageFault(uint32(b.rb), last*cshim.PageSize) {
-		t.Fatalf("a fault on a page waiting for its reference: not taken by the library")
-	}
+	b.fault(t, last)
 	var fetchedThen uint64
 	waitFor(t, 5*time.Second, "the touched page was not placed", func() bool {
 		if !bytes.Equal(b.page(last), b.block(last)) {
@@ -190,9 +197,7 @@ func TestGuestTouchFallsBackToTheSource(t *testing.T) {
 	b.switchToPostcopy(t)
 	const touched = 20
 	start := time.Now()
-	if !cshim.DestPageFault(uint32(b.rb), touched*cshim.PageSize) {
-		t.Fatalf("a fault on a page waiting for its reference: not taken by the library")
-	}
+	b.fault(t, touched)
 	waitFor(t, 2*time.Second, "the touched page was never asked from the source", func() bool {
 		_, _, requested, last := cabitest.PostcopyCounts()
 		return requested >= 1 && last == touched*cshim.PageSize
@@ -250,9 +255,7 @@ func TestGuestTouchReadsAhead(t *testing.T) {
 	b.sendRefs(t, 0, false)
 	b.switchToPostcopy(t)
 	const touched = 8000
-	if !cshim.DestPageFault(uint32(b.rb), touched*cshim.PageSize) {
-		t.Fatalf("a fault on a page waiting for its reference: not taken by the library")
-	}
+	b.fault(t, touched)
 	waitFor(t, 5*time.Second, "the touched page was not placed", func() bool {
 		return bytes.Equal(b.page(touched), b.block(touched))
 	})

@@ -460,7 +460,7 @@ func (f *Fetcher) enqueue(reqs []cshim.FetchReq, retry bool) {
 	for _, r := range reqs {
 		it := item{req: r, retry: retry}
 		if f.placing {
-			f.touch.late[touchKey(r.RAMBlock(), r.Page())] = r
+			f.touch.late[reqKey(&r)] = r
 		}
 		if int32(r.Disk()) == cshim.DestDiskRefused {
 			refused = append(refused, it)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"nasmig/cshim"
+	"nasmig/plugin/config"
 )
 
 // Filling after the switchover (the source's setup flag FILL_AFTER): the
@@ -60,7 +61,7 @@ type touched struct {
 
 func newTouchState(fallback, fillMax time.Duration) touchState {
 	if fallback <= 0 {
-		fallback = 50 * time.Millisecond
+		fallback = config.DefaultFaultFallback
 	}
 	return touchState{fallback: fallback, fillMax: fillMax, waiting: map[uint64]*touched{},
 		late: map[uint64]cshim.FetchReq{},
@@ -69,16 +70,9 @@ func newTouchState(fallback, fillMax time.Duration) touchState {
 
 func touchKey(rb uint32, page uint64) uint64 { return uint64(rb)<<48 | page }
 
-func reqCmp(a, b cshim.FetchReq) int {
-	ka, kb := touchKey(a.RAMBlock(), a.Page()), touchKey(b.RAMBlock(), b.Page())
-	switch {
-	case ka < kb:
-		return -1
-	case ka > kb:
-		return 1
-	}
-	return 0
-}
+func reqKey(r *cshim.FetchReq) uint64 { return touchKey(r.RAMBlock(), r.Page()) }
+
+func reqCmp(a, b cshim.FetchReq) int { return cmp.Compare(reqKey(&a), reqKey(&b)) }
 
 // drain drops faults a previous migration left in the ring.
 func (t *touchState) drain() {
@@ -158,17 +152,11 @@ func (t *touchState) lookup(rb uint32, page uint64) (cshim.FetchReq, bool) {
 		return r, true
 	}
 	i, _ := slices.BinarySearchFunc(t.index, key, func(r cshim.FetchReq, k uint64) int {
-		switch rk := touchKey(r.RAMBlock(), r.Page()); {
-		case rk < k:
-			return -1
-		case rk > k:
-			return 1
-		}
-		return 0
+		return cmp.Compare(reqKey(&r), k)
 	})
 	var found cshim.FetchReq
 	ok := false
-	for ; i < len(t.index) && touchKey(t.index[i].RAMBlock(), t.index[i].Page()) == key; i++ {
+	for ; i < len(t.index) && reqKey(&t.index[i]) == key; i++ {
 		if !ok || t.index[i].Gen() > found.Gen() {
 			found, ok = t.index[i], true
 		}
