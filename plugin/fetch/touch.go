@@ -263,10 +263,18 @@ func (f *Fetcher) askAllWaiting() {
 	t := &f.touch
 	t.allAsked = true
 	asked := 0
+	all := t.index
+	if len(t.late) > 0 {
+		// Taken after the switch: not in the index.
+		all = slices.Clone(t.index)
+		for _, r := range t.late {
+			all = append(all, r)
+		}
+	}
 	const chunk = 4096
 	pending := make([]uint8, chunk)
-	for off := 0; off < len(t.index); off += chunk {
-		reqs := t.index[off:min(off+chunk, len(t.index))]
+	for off := 0; off < len(all); off += chunk {
+		reqs := all[off:min(off+chunk, len(all))]
 		cshim.RefsPending(reqs, pending[:len(reqs)])
 		for i := range reqs {
 			if pending[i] == 0 {
