@@ -320,7 +320,7 @@ unit_tests() {
 	go test -count=1 ./cshim/... ./plugin/... ./tools/... ./tests/guest/... ./tests/harness/... ./tests/qemustart/... || fail=1
 	done_step
 	step "race tests"
-	go test -count=1 -race ./cshim/... ./plugin/... ./tests/harness/... || fail=1
+	go test -count=1 -race ./cshim/... ./plugin/... ./tools/nasmig-xl/... ./tests/harness/... || fail=1
 	done_step
 	return $fail
 }
