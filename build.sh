@@ -424,8 +424,8 @@ do_bench_migration() {
 	# namespaces and tc, torn down at the end), medians of 3 runs; the
 	# other workloads and the disk of real files (reading it, and a compiler
 	# building from it) on the usual data-center
-	# network; the destination's fetch alone beside a plain reader.  About
-	# 3 hours.  --quick: one network, the three modes that matter most,
+	# network; the destination's fetch alone beside a plain reader; guests
+	# of 2 to 16 GiB.  About 3 hours.  --quick: one network, the three modes that matter most,
 	# one run each, and the fetch alone (about 8 minutes).  Every part
 	# defers the machine's free page reporting and touches memory before
 	# each run (-warm-memory, see tools/nasmig-demo/hostmem.go) and counts
@@ -457,7 +457,24 @@ do_bench_migration() {
 		"$OUT/nasmig-demo" -warm-memory -oracle "${set[@]}" -out "$dir" "$@" || die "benchmark part ${part%%|*} failed (results so far in $dir)"
 		done_step
 	done
-	echo "results: $out/*/{results,fetch}.{md,csv}"
+	if [ ${#parts[@]} -gt 2 ]; then
+		# Scale: 2 to 16 GiB guests, page cache ~60% of RAM, on a larger
+		# disk of the same kind (about 17 minutes; two 16 GiB guests fit
+		# a 24 GiB host because only the page cache is touched).
+		step "the scale disk (9900 MiB of files)"
+		NASMIG_GUEST_DATA_MIB=9900 NASMIG_GUEST_DISK_MIB=10400 NASMIG_GUEST_CACHE="$CACHE/guest-cache" \
+			bash tests/guest/mkguest.sh "$CACHE/guest-scale" || die "cannot build the scale disk"
+		done_step
+		local size
+		for size in 2048:1200 8192:4900 12288:7300 16384:9800; do
+			step "migration benchmark, scale: ${size%%:*} MiB guest, ${size#*:} MiB page cache"
+			NASMIG_GUEST=$CACHE/guest-scale "$OUT/nasmig-demo" -warm-memory -profiles fast-storage -modes stock,nasmig \
+				-mem "${size%%:*}" -mib "${size#*:}" -runs 1 -out "$out/scale/m${size%%:*}" "$@" ||
+				die "benchmark part scale failed (results so far in $out/scale)"
+			done_step
+		done
+	fi
+	echo "results: $out/*/{results,fetch}.{md,csv} $out/scale/*/results.md"
 }
 
 # do_check_series: QEMU built once per patch of the series, each on top of
