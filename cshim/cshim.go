@@ -72,6 +72,8 @@ const (
 	RecVoid          = C.NASMIG_REC_VOID
 	RecMap           = C.NASMIG_REC_MAP
 	RecInval         = C.NASMIG_REC_INVAL
+	RecContent       = C.NASMIG_REC_CONTENT
+	RAMBlockNone     = uint32(C.NASMIG_RAMBLOCK_NONE)
 	FillFilled       = C.NASMIG_FILLED
 	FillSuperseded   = C.NASMIG_SUPERSEDED
 	FillMismatch     = C.NASMIG_MISMATCH

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or semantics below. */
-#define NASMIG_ABI_VERSION 10
+#define NASMIG_ABI_VERSION 11
 
 /* Symbol QEMU looks up after dlopen. Type: nasmig_register_fn. */
 #define NASMIG_REGISTER_SYMBOL "nasmig_register"
@@ -281,11 +281,17 @@ struct nasmig_host {
     int (*discard)(uint32_t ramblock, uint64_t offset, uint64_t len);
 };
 
-/* One 4 KiB guest page that a completed block read filled from disk. */
+/*
+ * The ramblock of a page read into memory that is no guest RAM (a bounce
+ * buffer, Xen's qdisk grant copies): only its content can be indexed.
+ */
+#define NASMIG_RAMBLOCK_NONE 0xffffffffu
+
+/* One 4 KiB page that a completed block read filled from disk. */
 struct nasmig_page_read {
-    uint32_t ramblock;    /* handle from nasmig_lib.ramblock_add */
+    uint32_t ramblock;    /* handle from nasmig_lib.ramblock_add, or NONE */
     uint32_t reserved;
-    uint64_t ram_offset;  /* page-aligned offset inside the RAM block */
+    uint64_t ram_offset;  /* page-aligned offset inside the RAM block (NONE: 0) */
     uint64_t disk_offset; /* 4 KiB-aligned byte offset on the disk */
     const void *host;     /* host address of the page */
 };
@@ -382,11 +388,12 @@ struct nasmig_lib {
     int (*disk_names)(int disk, const char *names, size_t len);
 
     /*
-     * HOT. A read of `disk` completed into the given guest pages.  The
-     * library hashes each page now (before the guest is told) and queues the
-     * mappings; if *write_gen no longer equals gen_before after the
-     * mappings were reserved, a write raced with the read and they are
-     * dropped.
+     * HOT. A read of `disk` completed into the given pages: guest RAM, and
+     * (ramblock NASMIG_RAMBLOCK_NONE) other page-aligned buffers whose
+     * content the library may index.  The library hashes each page now
+     * (before the guest is told) and queues the mappings; if *write_gen no
+     * longer equals gen_before after the mappings were reserved, a write
+     * raced with the read and they are dropped.
      */
     void (*block_read_done)(int disk, const struct nasmig_page_read *pages,
                             unsigned n, const unsigned *write_gen,

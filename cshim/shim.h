@@ -76,6 +76,7 @@ enum nasmig_rec_type {
     NASMIG_REC_VOID = 0,  /* reserved slot of a read that raced with a write */
     NASMIG_REC_MAP = 1,   /* page now holds block */
     NASMIG_REC_INVAL = 2, /* blocks [block, block+count) were written */
+    NASMIG_REC_CONTENT = 3, /* content index: block holds content `hash` */
 };
 struct nasmig_rec {
     uint8_t type;
@@ -212,6 +213,8 @@ struct nasmig_shared {
     uint64_t refs_received;
     /* the source fills references after the switch (FILL_AFTER) */
     int dest_fill_after;
+    /* completed reads feed the content index (REC_CONTENT), not the map */
+    int content_mode;
     int fill_mode;     /* enum nasmig_fill_mode */
     int fills_writing; /* fills between choosing a mode and writing */
     struct nasmig_stats stats;
@@ -307,6 +310,7 @@ void nasmig_stat_add(size_t field_offset, uint64_t v);
 void nasmig_set_key(const void *expanded);
 void nasmig_set_mig_key(const void *expanded);
 void nasmig_set_flags(int enabled, int auto_enable, int fill_after_default);
+void nasmig_set_content_mode(int on);
 int nasmig_set_exclude(const char *list, size_t len);
 int nasmig_ramblock_count(void);
 uint64_t *nasmig_forward(int rb);

@@ -96,6 +96,11 @@ void nasmig_set_flags(int enabled, int auto_enable, int fill_after_default)
     nasmig_g.fill_after_default = fill_after_default;
 }
 
+void nasmig_set_content_mode(int on)
+{
+    STORE_REL(&nasmig_g.content_mode, on);
+}
+
 int nasmig_lib_auto_enable(void)
 {
     return nasmig_g.auto_enable && nasmig_g.enabled;

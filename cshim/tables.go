@@ -19,6 +19,10 @@ func SetFlags(enabled, autoEnable, fillAfter bool) {
 	C.nasmig_set_flags(cbool(enabled), cbool(autoEnable), cbool(fillAfter))
 }
 
+// SetContentMode makes completed reads feed the content index
+// (RecContent records) instead of the page-to-block map.
+func SetContentMode(on bool) { C.nasmig_set_content_mode(cbool(on)) }
+
 func cbool(b bool) C.int {
 	if b {
 		return 1

@@ -7,18 +7,69 @@
 static uint64_t lost_invalidations;
 static uint64_t lost_head; /* ring head after the latest lost write */
 
-void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *pages,
-                                unsigned n, const unsigned *write_gen,
-                                unsigned gen_before)
+/*
+ * Content index: every completed block of the read, guest RAM or not (Xen's
+ * qdisk reads through QEMU's own buffers), becomes (disk, block, hash).
+ */
+static void content_read_done(int disk, const struct nasmig_page_read *pages,
+                              unsigned n, const unsigned *write_gen,
+                              unsigned gen_before)
 {
     uint64_t hashes[NASMIG_MAX_PAGES_PER_CALL][2];
-    int ok[NASMIG_MAX_PAGES_PER_CALL];
     uint64_t pos;
     int raced;
     unsigned i;
 
-    if (n == 0 || n > NASMIG_MAX_PAGES_PER_CALL || disk < 0 ||
+    for (i = 0; i < n; i++) {
+        nasmig_hash_page(&nasmig_g.key, pages[i].host, hashes[i]);
+    }
+    if (nasmig_lib_fault(NASMIG_FAULT_RING_FULL) ||
+        nasmig_ring_reserve(&nasmig_track_ring, n, &pos) < 0) {
+        STAT_ADD(ring_drops, n); /* a missing entry costs a hit, nothing more */
+        return;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    raced = __atomic_load_n(write_gen, __ATOMIC_SEQ_CST) != gen_before;
+    for (i = 0; i < n; i++) {
+        struct nasmig_rec *rec = nasmig_ring_elem(&nasmig_track_ring, pos + i);
+
+        rec->type = raced ? NASMIG_REC_VOID : NASMIG_REC_CONTENT;
+        rec->disk = (uint8_t)disk;
+        rec->reserved = 0;
+        rec->ramblock = 0;
+        rec->page = 0;
+        rec->block = pages[i].disk_offset >> NASMIG_PAGE_SHIFT;
+        rec->hash = hashes[i][0];
+        nasmig_ring_publish(&nasmig_track_ring, pos + i);
+    }
+}
+
+void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *all,
+                                unsigned nall, const unsigned *write_gen,
+                                unsigned gen_before)
+{
+    struct nasmig_page_read pages[NASMIG_MAX_PAGES_PER_CALL];
+    uint64_t hashes[NASMIG_MAX_PAGES_PER_CALL][2];
+    int ok[NASMIG_MAX_PAGES_PER_CALL];
+    uint64_t pos;
+    int raced;
+    unsigned i, n = 0;
+
+    if (nall == 0 || nall > NASMIG_MAX_PAGES_PER_CALL || disk < 0 ||
         disk >= NASMIG_MAX_DISKS) {
+        return;
+    }
+    if (LOAD_ACQ(&nasmig_g.content_mode)) {
+        content_read_done(disk, all, nall, write_gen, gen_before);
+        return;
+    }
+    /* The map holds guest RAM only. */
+    for (i = 0; i < nall; i++) {
+        if (all[i].ramblock != NASMIG_RAMBLOCK_NONE) {
+            pages[n++] = all[i];
+        }
+    }
+    if (n == 0) {
         return;
     }
     /* Hash now, before the guest is told the read finished. */

@@ -47,6 +47,8 @@ var lib struct {
 	fetcher  *fetch.Fetcher
 	setup    *wire.Setup // destination: the source's disk table
 	debugSrv io.Closer
+	// contentSrv serves the content index (content-index=...).
+	contentSrv io.Closer
 	// diskNames holds, per disk handle, the other names QEMU gave at the
 	// last migration setup (drive ids, device ids, node names above).
 	diskNames map[int][]string
@@ -141,6 +143,11 @@ func initLibrary(cfg config.Config, host, out unsafe.Pointer) error {
 	C.nasmig_fill_go((*C.struct_nasmig_lib)(out))
 	lib.m = p2b.New()
 	lib.stop = make(chan struct{})
+	if cfg.Enabled && cfg.ContentDir != "" {
+		if err := startContentIndex(cfg.ContentDir); err != nil {
+			return err
+		}
+	}
 	if cfg.Enabled {
 		go lib.m.Run(lib.stop)
 	}
@@ -496,5 +503,10 @@ func nasmigShutdown() {
 	}
 	if lib.debugSrv != nil {
 		lib.debugSrv.Close()
+	}
+	if lib.contentSrv != nil {
+		// Closing a unix listener removes its socket file: nasmig-xl
+		// finds no stale socket of a device model that is gone.
+		lib.contentSrv.Close()
 	}
 }

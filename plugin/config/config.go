@@ -47,7 +47,17 @@ type Config struct {
 	// fills; then every page still waiting is asked from the source, so
 	// the migration completes without the storage.
 	FillAfterMax time.Duration
+	// ContentDir (content-index=on|off|DIR, "" off): completed reads feed
+	// the content index instead of the page-to-block map, served on the
+	// owner-only socket DIR/PID.sock (on: DefaultContentDir).  For Xen
+	// device models, whose guest RAM travels in libxenguest's stream
+	// (nasmig-xl asks the index); QEMU's own migrations then send no
+	// references.
+	ContentDir string
 }
+
+// DefaultContentDir is where content sockets live (nasmig-xl looks there).
+const DefaultContentDir = "/run/nasmig/content"
 
 // DefaultFaultFallback: a 4 KiB read behind the fetch's reads in flight
 // (4 MiB at most after the switch) takes about 35 ms on a 1 Gbit/s storage
@@ -121,6 +131,16 @@ func Parse(args []string) (Config, error) {
 			c.HandBack, err = onOff(val)
 		case "fill-after-switchover":
 			c.FillAfter, err = onOff(val)
+		case "content-index":
+			c.ContentDir = val
+			if on, perr := onOff(val); perr == nil {
+				c.ContentDir = ""
+				if on {
+					c.ContentDir = DefaultContentDir
+				}
+			} else if !strings.HasPrefix(val, "/") {
+				err = errors.New("want on, off or an absolute directory")
+			}
 		case "ring":
 			var n uint64
 			n, err = strconv.ParseUint(val, 10, 32)
@@ -129,7 +149,7 @@ func Parse(args []string) (Config, error) {
 			}
 			c.RingSlots = uint32(n)
 		default:
-			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, hand-back, fill-after-switchover, fault-fallback, fill-after-max, ring)", ErrBadArgument, key)
+			return c, fmt.Errorf("%w %q: unknown key (known: enable, auto, strict, log, logfile, debug-socket, exclude, hold-max, hand-back, fill-after-switchover, fault-fallback, fill-after-max, content-index, ring)", ErrBadArgument, key)
 		}
 		if err != nil {
 			return c, fmt.Errorf("%w %q: %v", ErrBadArgument, arg, err)

@@ -61,6 +61,9 @@ func TestParseKeys(t *testing.T) {
 		{"fill-after-max unbounded", []string{"fill-after-max=0"}, func(c *Config) { c.FillAfterMax = 0 }},
 		{"hand-back off", []string{"hand-back=off"}, func(c *Config) { c.HandBack = false }},
 		{"fill after switchover", []string{"fill-after-switchover=on"}, func(c *Config) { c.FillAfter = true }},
+		{"content index on", []string{"content-index=on"}, func(c *Config) { c.ContentDir = DefaultContentDir }},
+		{"content index dir", []string{"content-index=/run/x"}, func(c *Config) { c.ContentDir = "/run/x" }},
+		{"content index off", []string{"content-index=on", "content-index=off"}, func(c *Config) {}},
 		{"all keys", []string{"enable=on", "auto=off", "log=info", "logfile=/l", "debug-socket=/s", "exclude=x", "ring=1024"},
 			func(c *Config) {
 				c.Auto, c.LogLevel, c.LogFile, c.DebugSocket, c.Exclude, c.RingSlots = false, zerolog.InfoLevel, "/l", "/s", []string{"x"}, 1024
@@ -113,6 +116,7 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"hold-max=-1s"}, "must not be negative"},
 		{[]string{"fault-fallback=0s"}, "must be positive"},
 		{[]string{"fill-after-max=-1s"}, "must not be negative"},
+		{[]string{"content-index=rel/dir"}, "absolute directory"},
 		{[]string{"unknown=1"}, "unknown key"},
 		{[]string{"Enable=on"}, "unknown key"},
 		{[]string{" enable=on"}, "unknown key"},

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"nasmig/cshim"
+	"nasmig/plugin/content"
 )
 
 // PageRef names one guest page.
@@ -37,6 +38,9 @@ type Map struct {
 	lastLost  uint64
 	mapped    atomic.Int64
 	perDisk   [cshim.MaxDisks]atomic.Int64 // pages mapped to each disk
+	// Content, when set, takes the content records (cshim.SetContentMode)
+	// and forgets the blocks every write touches.
+	Content *content.Index
 }
 
 // New returns the writer of the (global) shared map.
@@ -149,6 +153,13 @@ func (m *Map) apply(r *cshim.Rec) {
 		m.mapPage(cshim.RecRAMBlock(r), cshim.RecPage(r), cshim.RecDisk(r), cshim.RecBlock(r), cshim.RecHash(r))
 	case cshim.RecInval:
 		m.invalidate(cshim.RecDisk(r), cshim.RecBlock(r), cshim.RecPage(r))
+		if m.Content != nil {
+			m.Content.Drop(uint8(cshim.RecDisk(r)), cshim.RecBlock(r), cshim.RecPage(r))
+		}
+	case cshim.RecContent:
+		if m.Content != nil {
+			m.Content.Add(content.Loc{Disk: uint8(cshim.RecDisk(r)), Block: cshim.RecBlock(r)}, cshim.RecHash(r))
+		}
 	}
 }
 
@@ -322,5 +333,8 @@ func (m *Map) DropRAMBlock(rb uint32) int64 {
 func (m *Map) dropAllLocked() {
 	for d := 0; d < cshim.DiskCount(); d++ {
 		m.invalidate(d, 0, ^uint64(0))
+		if m.Content != nil {
+			m.Content.DropDisk(uint8(d))
+		}
 	}
 }

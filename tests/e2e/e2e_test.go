@@ -133,7 +133,8 @@ type e2eCase struct {
 	// stallStorage (fillAfterGuestRunsFlow): the storage server stops
 	// this long (SIGSTOP) as soon as the destination's guest runs.
 	stallStorage time.Duration
-	// pluginArgs are added to the library's arguments on both sides.
+	// pluginArgs are added to the library's arguments on both sides
+	// ("$RUN" stands for the case's run folder).
 	pluginArgs []string
 	// hotplug: a second SCSI controller for hot-plugged disks and a
 	// CD-ROM (an ISO read through the host page cache) on both sides.
@@ -712,6 +713,13 @@ func cases() []e2eCase {
 			check: requireRefsAndFetched,
 		}),
 		nasmigBothSides(e2eCase{
+			// The Xen path on this test bed: the library indexes what the
+			// guest read by content; nasmig-xl sends a libxc stream of
+			// the guest's RAM through that index (contentIndexFlow).
+			name: "40-content-index-xen-stream", workload: "pagecache-read", fileDisk: true, flow: contentIndexFlow,
+			pluginArgs: []string{"content-index=$RUN/content"},
+		}),
+		nasmigBothSides(e2eCase{
 			// The guest keeps writing (new clusters grow the overlay file)
 			// before and during the migration.
 			name: "21-qcow2-overlay-on-shared-files", workload: "mixed", settle: 3, fileDisk: true, overlay: true,
@@ -1020,7 +1028,9 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	for _, name := range c.exclude {
 		extraPluginArgs = append(extraPluginArgs, "exclude="+strings.ReplaceAll(name, "$IMAGE", p.image))
 	}
-	extraPluginArgs = append(extraPluginArgs, c.pluginArgs...)
+	for _, a := range c.pluginArgs {
+		extraPluginArgs = append(extraPluginArgs, strings.ReplaceAll(a, "$RUN", p.run.Dir))
+	}
 	if c.hotplug {
 		args, err := hotplugArgs(p)
 		if err != nil {

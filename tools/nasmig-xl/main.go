@@ -26,6 +26,8 @@ import (
 	"strings"
 
 	"github.com/rs/zerolog"
+
+	"nasmig/plugin/config"
 )
 
 const usage = `usage:
@@ -53,7 +55,7 @@ func main() {
 	fs.BoolVar(&o.receive, "receive", false, "run as the receiving half: start COMMAND (xl migrate-receive ...) and feed it the stream")
 	fs.StringVar(&o.transport, "transport", "auto", "how the sending half reaches HOST: ssh, local (run the receiving half here), auto (local for localhost, 127.0.0.1 and ::1, else ssh)")
 	fs.StringVar(&o.remote, "remote", "", "path of nasmig-xl on HOST (default: this executable's path)")
-	fs.StringVar(&o.contentDir, "content-dir", defaultContentDir, "where device models with content-index=on keep their content sockets")
+	fs.StringVar(&o.contentDir, "content-dir", config.DefaultContentDir, "where device models with content-index=on keep their content sockets")
 	fs.StringVar(&o.capture, "capture", "", "debugging: write the stream as read from xl to DIR/sent.stream (sending half) and as handed to COMMAND to DIR/received.stream (receiving half)")
 	fs.StringVar(&o.logLevel, "log", "info", "log level on stderr: debug, info, warn, error")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -87,8 +89,6 @@ func main() {
 	}
 	os.Exit(code)
 }
-
-const defaultContentDir = "/run/nasmig/content"
 
 func isLocal(host string) bool {
 	switch strings.Trim(host, "[]") {

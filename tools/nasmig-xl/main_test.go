@@ -91,6 +91,8 @@ func (b *bed) stream(ndisk int) []byte {
 			case i%50 == 7:
 				pfns = append(pfns, xenstream.PfnTypeXtab<<xenstream.PfnTypeShift|pfn)
 				continue
+			case i%50 == 9:
+				data = append(data, make([]byte, xlwire.PageSize)...)
 			case i%2 == 0 && next < ndisk:
 				data = append(data, b.blocks[next]...)
 				next++
@@ -159,7 +161,7 @@ func TestMigrateReferencesVerifiedByteIdentical(t *testing.T) {
 	if xl != banner {
 		t.Fatalf("xl's side got %q, want the banner", xl)
 	}
-	if sst.refs != 500 || rst.refs != 500 || rst.verified != 497 || rst.mismatched != 3 || sst.filled != 3 {
+	if sst.refs != 500 || rst.refs != 500 || rst.verified != 497 || rst.mismatched != 3 || sst.filled != 3 || sst.zero == 0 {
 		t.Fatalf("sender %+v, receiver %+v: want 500 references, 497 verified, 3 sent in full after the check", sst, rst)
 	}
 	if sst.linkBytes > int64(len(in))-400*xlwire.PageSize {

@@ -31,8 +31,8 @@ const pendingWindow = 65536
 const helloAckWait = 30 * time.Second
 
 type sendStats struct {
-	pages, refs, filled, records int
-	linkBytes, streamBytes       int64
+	pages, refs, zero, filled, records int
+	linkBytes, streamBytes             int64
 }
 
 type sender struct {
@@ -171,7 +171,7 @@ func runSender(o options, wait func() error, tin io.WriteCloser, tout io.Reader,
 	if err != nil || s.rerr != nil || werr != nil {
 		ev = log.Error().AnErr("stream", err).AnErr("receiver", s.rerr).AnErr("receiving half", werr)
 	}
-	ev.Int("pages", st.pages).Int("references", st.refs).Int("sent-in-full-after-check", st.filled).
+	ev.Int("pages", st.pages).Int("references", st.refs).Int("zero", st.zero).Int("sent-in-full-after-check", st.filled).
 		Str("stream-mib", fmt.Sprintf("%.1f", float64(st.streamBytes)/(1<<20))).
 		Str("link-mib", fmt.Sprintf("%.1f", float64(st.linkBytes)/(1<<20))).
 		Dur("took", time.Since(start).Round(time.Millisecond)).Msg("done")
@@ -250,6 +250,12 @@ func (s *sender) pump(o options, in io.Reader) error {
 		kept := map[uint32][]byte{}
 		for i := 0; i < n; i++ {
 			page := p.Page(i)
+			if xlwire.IsZero(page) {
+				// Free memory: no disk needed, and nothing to verify.
+				pw.Zero()
+				s.st.zero++
+				continue
+			}
 			if !found[i] || !s.usable[locs[i].Disk] {
 				pw.Page(page)
 				continue

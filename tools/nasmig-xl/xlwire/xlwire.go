@@ -11,7 +11,8 @@
 //	        (disk: u8 id | u64 size | u16 len | path)
 //	Data    bytes for xl migrate-receive's stdin, unchanged
 //	Pages   u64 seq | u32 len | PAGE_DATA head (header, count, pfns) |
-//	        per carried page: u8 0 + 4096 B page, or u8 1 + Ref
+//	        per carried page: u8 0 + 4096 B page, u8 1 + Ref, or u8 2
+//	        (a page of zeros)
 //	Fill    u64 seq | u32 n | n × (u32 page index | 4096 B page)
 //	Close   the source's stream ended
 //	Abort   reason (text)
@@ -56,6 +57,7 @@ const (
 	PageSize = 4096
 	tagPage  = 0
 	tagRef   = 1
+	tagZero  = 2
 )
 
 // ErrProto is wrapped by every error about malformed frames.
@@ -218,6 +220,9 @@ func (w *PagesWriter) Page(page []byte) {
 	w.b = append(w.b, page[:PageSize]...)
 }
 
+// Zero adds a page of zeros.
+func (w *PagesWriter) Zero() { w.b = append(w.b, tagZero) }
+
 // Ref adds a page sent as a reference.
 func (w *PagesWriter) Ref(r Ref) {
 	w.b = append(w.b, tagRef, r.Disk)
@@ -230,6 +235,18 @@ func (w *PagesWriter) Ref(r Ref) {
 func (w *PagesWriter) Bytes() []byte {
 	binary.LittleEndian.PutUint32(w.b[4:], uint32(len(w.b)-HeaderLen))
 	return w.b
+}
+
+var zeroPage [PageSize]byte
+
+// IsZero reports whether page is all zeros.
+func IsZero(page []byte) bool {
+	for i := 0; i+8 <= len(page); i += 8 {
+		if binary.LittleEndian.Uint64(page[i:]) != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Entry is one carried page of a Pages frame: its bytes, or a reference.
@@ -257,6 +274,8 @@ func ParsePages(p []byte, count func(head []byte) (int, error), entries []Entry)
 		switch tag := c.u8(); tag {
 		case tagPage:
 			entries = append(entries, Entry{Page: c.take(PageSize)})
+		case tagZero:
+			entries = append(entries, Entry{Page: zeroPage[:]})
 		case tagRef:
 			r := Ref{Disk: c.u8(), Block: c.u64()}
 			r.Hash[0], r.Hash[1] = c.u64(), c.u64()

@@ -6,7 +6,8 @@ import (
 	"testing"
 )
 
-func twoPages(head []byte) (int, error) { return 2, nil }
+func twoPages(head []byte) (int, error)   { return 2, nil }
+func threePages(head []byte) (int, error) { return 3, nil }
 
 func TestFramesRoundTrip(t *testing.T) {
 	var b []byte
@@ -15,6 +16,7 @@ func TestFramesRoundTrip(t *testing.T) {
 	pw.Begin(7, []byte("head"))
 	pw.Page(bytes.Repeat([]byte{5}, PageSize))
 	pw.Ref(Ref{Disk: 3, Block: 1 << 30, Hash: [2]uint64{11, 12}})
+	pw.Zero()
 	b = append(b, pw.Bytes()...)
 	b = AppendNeed(b, 7, []uint32{1})
 	b = AppendFill(b, 7, []uint32{1}, [][]byte{bytes.Repeat([]byte{6}, PageSize)})
@@ -28,8 +30,9 @@ func TestFramesRoundTrip(t *testing.T) {
 		t.Fatalf("hello %+v %v", h, err)
 	}
 	f, _ = r.Next()
-	seq, head, ents, err := ParsePages(f.Payload, twoPages, nil)
-	if err != nil || seq != 7 || string(head) != "head" || len(ents) != 2 || ents[0].IsRef || ents[0].Page[0] != 5 ||
+	seq, head, ents, err := ParsePages(f.Payload, threePages, nil)
+	if err != nil || seq != 7 || string(head) != "head" || len(ents) != 3 || ents[0].IsRef || ents[0].Page[0] != 5 ||
+		ents[2].IsRef || len(ents[2].Page) != PageSize || !IsZero(ents[2].Page) ||
 		!ents[1].IsRef || ents[1].Ref != (Ref{Disk: 3, Block: 1 << 30, Hash: [2]uint64{11, 12}}) {
 		t.Fatalf("pages %d %q %+v %v", seq, head, ents, err)
 	}
