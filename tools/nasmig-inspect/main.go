@@ -1,7 +1,7 @@
 // Command nasmig-inspect looks into nasmig migrations: a captured
-// migration stream (stream, verify), a running library's map (map), and
-// how much of a guest's RAM its disks could have sent as references
-// (oracle).
+// migration stream (stream, verify), a running library's map (map), how
+// much of a guest's RAM its disks could have sent as references (oracle),
+// and Xen's xl streams (xen).
 //
 // Exit status: 0 when all is well, 1 when verify finds a reference that
 // does not match, 2 for bad arguments or input that does not decode.
@@ -44,6 +44,10 @@ commands:
                        4 KiB-aligned disk block, or other; with --stream, the
                        references' coverage of the identical pages
       nasmig-inspect oracle --ram guest.pmem --disk /srv/disk0.raw --stream vm.mig
+  xen FILE             decode an xl-format Xen stream (xl save, or xl migrate as
+                       nasmig-xl --capture=DIR keeps it): domain type, disks of
+                       its configuration, libxl and libxc records, pages by type
+      nasmig-inspect xen /var/tmp/capture/sent.stream
 
 exit status: 0 ok, 1 verification mismatch, 2 bad arguments or input
 `
@@ -90,6 +94,8 @@ func run(args []string, e env) int {
 		code, err = cmdMap(rest, e)
 	case "oracle":
 		code, err = cmdOracle(rest, e)
+	case "xen":
+		code, err = cmdXen(rest, e)
 	default:
 		err = fmt.Errorf("%w: unknown command %q", errUsage, cmd)
 	}

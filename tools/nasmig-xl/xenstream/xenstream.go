@@ -64,6 +64,26 @@ const (
 	MaxPagesPerRecord = 4096
 )
 
+// LibxlRecordName and LibxcRecordName name record types (as the specs do).
+func LibxlRecordName(t uint32) string {
+	if n, ok := map[uint32]string{LibxlEnd: "END", LibxlLibxcContext: "LIBXC_CONTEXT", LibxlEmulatorXS: "EMULATOR_XENSTORE_DATA",
+		LibxlEmulatorCtx: "EMULATOR_CONTEXT", LibxlCheckpointEnd: "CHECKPOINT_END", 5: "CHECKPOINT_STATE"}[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("%#x", t)
+}
+
+var libxcNames = []string{"END", "PAGE_DATA", "X86_PV_INFO", "X86_PV_P2M_FRAMES", "X86_PV_VCPU_BASIC", "X86_PV_VCPU_EXTENDED",
+	"X86_PV_VCPU_XSAVE", "SHARED_INFO", "X86_TSC_INFO", "HVM_CONTEXT", "HVM_PARAMS", "TOOLSTACK", "X86_PV_VCPU_MSRS", "VERIFY",
+	"CHECKPOINT", "CHECKPOINT_DIRTY_PFN_LIST", "STATIC_DATA_END", "X86_CPUID_POLICY", "X86_MSR_POLICY"}
+
+func LibxcRecordName(t uint32) string {
+	if int(t) < len(libxcNames) {
+		return libxcNames[t]
+	}
+	return fmt.Sprintf("%#x", t)
+}
+
 // Page types in bits 63-60 of a PAGE_DATA pfn; the last three carry no data.
 const (
 	PfnTypeShift  = 60
@@ -131,11 +151,16 @@ type Splitter struct {
 	Domain uint32
 	// Counts of what went through.
 	Records, PageRecords int
+	// LibxlRecords and LibxcRecords count the records of each type.
+	LibxlRecords, LibxcRecords map[uint32]int
+	// Tail counts the bytes after libxl's END (xl's messages), or after
+	// the point where the stream was not understood.
+	Tail int64
 }
 
 // NewSplitter reads the stream from r.
 func NewSplitter(r io.Reader) *Splitter {
-	return &Splitter{r: bufio.NewReaderSize(r, 1<<20)}
+	return &Splitter{r: bufio.NewReaderSize(r, 1<<20), LibxlRecords: map[uint32]int{}, LibxcRecords: map[uint32]int{}}
 }
 
 func (s *Splitter) giveUp(why string, raw []byte) (Piece, error) {
@@ -212,6 +237,7 @@ func (s *Splitter) Next() (Piece, error) {
 		return s.record()
 	default:
 		b, err := s.readN(rawChunk)
+		s.Tail += int64(len(b))
 		if len(b) > 0 {
 			return Piece{Raw: b}, nil
 		}
@@ -299,6 +325,11 @@ func (s *Splitter) record() (Piece, error) {
 	padded := (int64(length) + 7) &^ 7
 	s.Records++
 	inLibxc := s.ph == phLibxcRecord
+	if inLibxc {
+		s.LibxcRecords[typ]++
+	} else {
+		s.LibxlRecords[typ]++
+	}
 	switch {
 	case !inLibxc && typ == LibxlLibxcContext:
 		s.ph = phLibxcHeaders
