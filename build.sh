@@ -540,7 +540,8 @@ do_test_xen() {
 	bash tests/xen/mkxenbed.sh "$CACHE/xenbed" || die "cannot build the Xen test bed"
 	done_step
 	step "Xen tests (a Xen host under TCG)"
-	NASMIG_XENBED=$CACHE/xenbed NASMIG_OUT=$OUT go test -count=1 -v -timeout 30m ./tests/xen/... || fail=1
+	test_env
+	NASMIG_XENBED=$CACHE/xenbed go test -count=1 -v -timeout 30m ./tests/xen/... || fail=1
 	done_step
 	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "XEN TESTS PASSED" || echo "XEN TESTS FAILED")" $(($(date +%s) - t0))
 	return $fail

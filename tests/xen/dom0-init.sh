@@ -4,7 +4,7 @@
 # status where the test reads it (the serial console), and power off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
-mount -t sysfs sysfs /sys
+mountpoint -q /sys || mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /run /tmp
 mount -t devpts devpts /dev/pts
@@ -17,7 +17,7 @@ for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback 
 done
 mount -t xenfs xenfs /proc/xen
 echo "nasmig-xenbed: dom0 up, starting the toolstack"
-/etc/init.d/xencommons start >/tmp/xencommons.log 2>&1 || cat /tmp/xencommons.log
+/etc/init.d/xen start >/tmp/xen-start.log 2>&1 || cat /tmp/xen-start.log
 mkdir -p /job
 rc=255
 if mount /dev/vdb /job 2>/dev/null && [ -x /job/run.sh ]; then

@@ -75,22 +75,50 @@ func (b bed) run(t *testing.T, ctx context.Context, job map[string][]byte) jobRe
 	serial := filepath.Join(work, "serial.log")
 	xenArgs := "dom0_mem=1536M,max:1536M dom0_max_vcpus=2 console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all noreboot"
 	dom0 := filepath.Join(b.dir, "vmlinuz") + " root=/dev/vda rw init=/init.sh console=hvc0 quiet"
-	cmd := exec.CommandContext(ctx, b.qemu, "-accel", "tcg", "-cpu", "max", "-m", "4096", "-smp", "2",
+	var fw []string
+	for _, d := range strings.Split(os.Getenv("NASMIG_QEMU_DATADIRS")+":/usr/share/seabios", ":") {
+		if d != "" {
+			fw = append(fw, "-L", d)
+		}
+	}
+	cmd := exec.CommandContext(ctx, b.qemu, append(fw, "-accel", "tcg", "-cpu", "max", "-m", "4096", "-smp", "2",
 		"-kernel", filepath.Join(b.dir, "xen"), "-append", xenArgs,
 		"-initrd", dom0+","+filepath.Join(b.dir, "initrd.img"),
 		"-drive", "file="+filepath.Join(b.dir, "dom0.img")+",if=virtio,format=raw,snapshot=on",
 		"-drive", "file="+jobImg+",if=virtio,format=raw",
-		"-serial", "file:"+serial, "-display", "none", "-no-reboot", "-nodefaults")
+		"-serial", "file:"+serial, "-display", "none", "-no-reboot", "-nodefaults")...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	start := time.Now()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// dom0's poweroff halts Xen (noreboot), which leaves QEMU running: the
+	// job's exit line on the serial console ends the boot.
+	exitLine := regexp.MustCompile(`nasmig-xenbed: job exit (\d+)`)
+	var err error
+	r := jobResult{exit: -1}
+wait:
+	for {
+		select {
+		case err = <-done:
+			break wait
+		case <-time.After(time.Second):
+			if log, _ := os.ReadFile(serial); exitLine.Match(log) {
+				cmd.Process.Kill()
+				<-done
+				break wait
+			}
+		}
+	}
 	log, _ := os.ReadFile(serial)
-	r := jobResult{serial: string(log), exit: -1, took: time.Since(start)}
-	if m := regexp.MustCompile(`nasmig-xenbed: job exit (\d+)`).FindStringSubmatch(r.serial); m != nil {
+	r.serial, r.took = string(log), time.Since(start)
+	if m := exitLine.FindStringSubmatch(r.serial); m != nil {
 		r.exit, _ = strconv.Atoi(m[1])
 	}
-	if err != nil || r.exit < 0 {
+	if r.exit < 0 {
 		t.Fatalf("Xen host: %v (after %s)\n%s\nserial (tail):\n%s", err, r.took.Round(time.Second), stderr.String(), tail(r.serial, 60))
 	}
 	return r
