@@ -8,14 +8,18 @@ static uint64_t lost_invalidations;
 static uint64_t lost_head; /* ring head after the latest lost write */
 
 /*
- * Content index: every completed block of the read, guest RAM or not (Xen's
- * qdisk reads through QEMU's own buffers), becomes (disk, block, hash).
+ * publish_reads hashes the completed pages and puts them on the tracking
+ * ring as records of kind: NASMIG_REC_MAP (a guest page holds the block) or
+ * NASMIG_REC_CONTENT (the block's content, for the content index, wherever
+ * the data went: Xen's qdisk reads through QEMU's own buffers).  Hashing
+ * happens now, before the guest is told the read finished.
  */
-static void content_read_done(int disk, const struct nasmig_page_read *pages,
-                              unsigned n, const unsigned *write_gen,
-                              unsigned gen_before)
+static void publish_reads(int disk, const struct nasmig_page_read *pages,
+                          unsigned n, uint8_t kind, const unsigned *write_gen,
+                          unsigned gen_before)
 {
     uint64_t hashes[NASMIG_MAX_PAGES_PER_CALL][2];
+    int ok[NASMIG_MAX_PAGES_PER_CALL];
     uint64_t pos;
     int raced;
     unsigned i;
@@ -23,21 +27,33 @@ static void content_read_done(int disk, const struct nasmig_page_read *pages,
     for (i = 0; i < n; i++) {
         nasmig_hash_page(&nasmig_g.key, pages[i].host, hashes[i]);
     }
+    if (kind == NASMIG_REC_MAP) {
+        nasmig_inflight_check(pages, n, ok);
+    } else {
+        for (i = 0; i < n; i++) {
+            ok[i] = 1;
+        }
+    }
     if (nasmig_lib_fault(NASMIG_FAULT_RING_FULL) ||
         nasmig_ring_reserve(&nasmig_track_ring, n, &pos) < 0) {
         STAT_ADD(ring_drops, n); /* a missing entry costs a hit, nothing more */
         return;
     }
+    /*
+     * The slots are ours before we look at write_gen: a write whose
+     * invalidation could precede our records has bumped it by now.
+     */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     raced = __atomic_load_n(write_gen, __ATOMIC_SEQ_CST) != gen_before;
     for (i = 0; i < n; i++) {
         struct nasmig_rec *rec = nasmig_ring_elem(&nasmig_track_ring, pos + i);
 
-        rec->type = raced ? NASMIG_REC_VOID : NASMIG_REC_CONTENT;
+        rec->type = raced || !ok[i] ? NASMIG_REC_VOID : kind;
         rec->disk = (uint8_t)disk;
         rec->reserved = 0;
-        rec->ramblock = 0;
-        rec->page = 0;
+        rec->ramblock = kind == NASMIG_REC_MAP ? pages[i].ramblock : 0;
+        rec->page = kind == NASMIG_REC_MAP ?
+                    pages[i].ram_offset >> NASMIG_PAGE_SHIFT : 0;
         rec->block = pages[i].disk_offset >> NASMIG_PAGE_SHIFT;
         rec->hash = hashes[i][0];
         nasmig_ring_publish(&nasmig_track_ring, pos + i);
@@ -49,10 +65,6 @@ void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *all,
                                 unsigned gen_before)
 {
     struct nasmig_page_read pages[NASMIG_MAX_PAGES_PER_CALL];
-    uint64_t hashes[NASMIG_MAX_PAGES_PER_CALL][2];
-    int ok[NASMIG_MAX_PAGES_PER_CALL];
-    uint64_t pos;
-    int raced;
     unsigned i, n = 0;
 
     if (nall == 0 || nall > NASMIG_MAX_PAGES_PER_CALL || disk < 0 ||
@@ -60,7 +72,8 @@ void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *all,
         return;
     }
     if (LOAD_ACQ(&nasmig_g.content_mode)) {
-        content_read_done(disk, all, nall, write_gen, gen_before);
+        publish_reads(disk, all, nall, NASMIG_REC_CONTENT, write_gen,
+                      gen_before);
         return;
     }
     /* The map holds guest RAM only. */
@@ -69,36 +82,8 @@ void nasmig_lib_block_read_done(int disk, const struct nasmig_page_read *all,
             pages[n++] = all[i];
         }
     }
-    if (n == 0) {
-        return;
-    }
-    /* Hash now, before the guest is told the read finished. */
-    for (i = 0; i < n; i++) {
-        nasmig_hash_page(&nasmig_g.key, pages[i].host, hashes[i]);
-    }
-    nasmig_inflight_check(pages, n, ok);
-    if (nasmig_lib_fault(NASMIG_FAULT_RING_FULL) ||
-        nasmig_ring_reserve(&nasmig_track_ring, n, &pos) < 0) {
-        STAT_ADD(ring_drops, n);
-        return;
-    }
-    /*
-     * The slots are ours before we look at write_gen: a write whose
-     * invalidation could precede our mappings has bumped it by now.
-     */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    raced = __atomic_load_n(write_gen, __ATOMIC_SEQ_CST) != gen_before;
-    for (i = 0; i < n; i++) {
-        struct nasmig_rec *rec = nasmig_ring_elem(&nasmig_track_ring, pos + i);
-
-        rec->type = raced || !ok[i] ? NASMIG_REC_VOID : NASMIG_REC_MAP;
-        rec->disk = (uint8_t)disk;
-        rec->reserved = 0;
-        rec->ramblock = pages[i].ramblock;
-        rec->page = pages[i].ram_offset >> NASMIG_PAGE_SHIFT;
-        rec->block = pages[i].disk_offset >> NASMIG_PAGE_SHIFT;
-        rec->hash = hashes[i][0];
-        nasmig_ring_publish(&nasmig_track_ring, pos + i);
+    if (n > 0) {
+        publish_reads(disk, pages, n, NASMIG_REC_MAP, write_gen, gen_before);
     }
 }
 
