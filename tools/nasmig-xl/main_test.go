@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -218,5 +220,74 @@ func TestReceiverNeverHandsOnAnUnverifiedPage(t *testing.T) {
 	}
 	if !strings.Contains(back.String(), "\x03\x00\x00\x00") { // a Need went back
 		t.Fatalf("no Need frame sent back")
+	}
+}
+
+// signalWriter collects what xl's side gets and says when want arrived.
+type signalWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	want string
+	seen chan struct{}
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if w.seen != nil && strings.Contains(w.buf.String(), w.want) {
+		close(w.seen)
+		w.seen = nil
+	}
+	return len(p), nil
+}
+
+// After libxl's END, xl and xl migrate-receive talk: the receiver reports,
+// and only then does the sender write its go-ahead.  Both halves must pass
+// on what they have at once (a half that waits for a full buffer hangs the
+// migration: seen on a real Xen host).
+func TestMigrateDialogueAfterTheStream(t *testing.T) {
+	b := newBed(t, 100, func(p string) string { return p })
+	in := b.stream(60)
+	goAhead := "domain is yours, you are cleared to unpause"
+	if !bytes.HasSuffix(in, []byte(goAhead)) {
+		t.Fatal("the test stream does not end with xl's go-ahead")
+	}
+	body := in[:len(in)-len(goAhead)]
+	received := filepath.Join(b.dir, "received")
+	o := options{contentDir: b.sockDir}
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	sr, rw := io.Pipe()
+	rr, sw := io.Pipe()
+	done := make(chan struct{})
+	var rcode int
+	go func() {
+		defer close(done)
+		script := `printf '%s' "$1"; head -c "$3" > "$2"; printf 'report\n'; cat >> "$2"`
+		rcode, _ = runReceiver(o, []string{"sh", "-c", script, "sh", banner, received, fmt.Sprint(len(body))}, sr, sw, log)
+		sw.Close()
+	}()
+	xlIn, xlOut := io.Pipe()
+	xlSide := &signalWriter{want: "report\n", seen: make(chan struct{})}
+	seen := xlSide.seen
+	hung := false
+	go func() {
+		xlOut.Write(body)
+		select {
+		case <-seen:
+			xlOut.Write([]byte(goAhead))
+			xlOut.Close()
+		case <-time.After(30 * time.Second):
+			hung = true
+			xlOut.CloseWithError(errors.New("no report from the receiving side within 30 s"))
+		}
+	}()
+	scode, _ := runSender(o, func() error { <-done; return nil }, rw, rr, xlIn, xlSide, log)
+	if hung {
+		t.Fatal("the receiver's report never reached xl: a half waited for more of the stream")
+	}
+	got, _ := os.ReadFile(received)
+	if scode != 0 || rcode != 0 || !bytes.Equal(got, in) {
+		t.Fatalf("exit codes %d %d; xl migrate-receive got %d bytes of %d", scode, rcode, len(got), len(in))
 	}
 }

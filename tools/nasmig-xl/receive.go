@@ -32,6 +32,7 @@ type receiver struct {
 	wmu   sync.Mutex
 	w     *bufio.Writer // frames to the sending half
 	cin   *bufio.Writer // xl migrate-receive's stdin
+	in    *bufio.Reader // frames from the sending half (under fr)
 	disks map[uint8]*os.File
 	hello bool
 	queue []xlwire.Frame // frames that came while a batch waited for Fill
@@ -70,7 +71,8 @@ func runReceiver(o options, args []string, in io.Reader, out io.Writer, log zero
 		log.Error().Err(err).Strs("command", args).Msg("cannot start")
 		return 1, recvStats{}
 	}
-	r := &receiver{log: log, w: bufio.NewWriterSize(out, 64<<10), disks: map[uint8]*os.File{}, fr: xlwire.NewReader(bufio.NewReaderSize(in, 1<<20))}
+	r := &receiver{log: log, w: bufio.NewWriterSize(out, 64<<10), disks: map[uint8]*os.File{}, in: bufio.NewReaderSize(in, 1<<20)}
+	r.fr = xlwire.NewReader(r.in)
 	var sink io.Writer = cin
 	capture, cerr := captureFile(o.capture, "received.stream")
 	if cerr != nil {
@@ -150,6 +152,14 @@ func (r *receiver) next() (xlwire.Frame, error) {
 		f := r.queue[0]
 		r.queue = r.queue[1:]
 		return f, nil
+	}
+	if r.in.Buffered() == 0 {
+		// Nothing more to hand on without waiting for the sending half:
+		// xl migrate-receive gets what it has now, since xl's messages
+		// after the stream wait for its answer.
+		if err := r.cin.Flush(); err != nil {
+			return xlwire.Frame{}, fmt.Errorf("to xl migrate-receive: %w", err)
+		}
 	}
 	return r.fr.Next()
 }

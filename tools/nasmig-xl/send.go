@@ -200,6 +200,9 @@ func (s *sender) pump(o options, in io.Reader) error {
 	hashes := make([]uint64, xenstream.MaxPagesPerRecord)
 	locs := make([]content.Loc, xenstream.MaxPagesPerRecord)
 	found := make([]bool, xenstream.MaxPagesPerRecord)
+	// lookup[i]: page i's slot in hashes/locs/found, or -1 for a page of
+	// zeros (sent as one byte: neither hashed nor looked up).
+	lookup := make([]int, xenstream.MaxPagesPerRecord)
 	for {
 		pc, err := sp.Next()
 		if err == io.EOF {
@@ -233,16 +236,24 @@ func (s *sender) pump(o options, in io.Reader) error {
 		n := p.NPages()
 		s.st.pages += n
 		s.st.streamBytes += int64(len(p.Head) + len(p.Pages))
+		m := 0
 		for i := 0; i < n; i++ {
-			hashes[i] = cshim.HashPage(p.Page(i))[0]
+			page := p.Page(i)
+			if xlwire.IsZero(page) {
+				lookup[i] = -1
+				continue
+			}
+			hashes[m] = cshim.HashPage(page)[0]
+			lookup[i] = m
+			m++
 		}
-		if err := s.idx.Lookup(hashes[:n], locs, found); err != nil {
-			// The device model went away: no more references.
-			s.log.Warn().Err(err).Msg("content index lost: the rest goes in full")
-			s.idx.Close()
-			s.idx = nil
-			for i := range found[:n] {
-				found[i] = false
+		if m > 0 {
+			if err := s.idx.Lookup(hashes[:m], locs, found); err != nil {
+				// The device model went away: no more references.
+				s.log.Warn().Err(err).Msg("content index lost: the rest goes in full")
+				s.idx.Close()
+				s.idx = nil
+				clear(found[:m])
 			}
 		}
 		seq++
@@ -250,17 +261,18 @@ func (s *sender) pump(o options, in io.Reader) error {
 		kept := map[uint32][]byte{}
 		for i := 0; i < n; i++ {
 			page := p.Page(i)
-			if xlwire.IsZero(page) {
+			j := lookup[i]
+			if j < 0 {
 				// Free memory: no disk needed, and nothing to verify.
 				pw.Zero()
 				s.st.zero++
 				continue
 			}
-			if !found[i] || !s.usable[locs[i].Disk] {
+			if !found[j] || !s.usable[locs[j].Disk] {
 				pw.Page(page)
 				continue
 			}
-			pw.Ref(xlwire.Ref{Disk: locs[i].Disk, Block: locs[i].Block, Hash: cshim.HashPageMig(page)})
+			pw.Ref(xlwire.Ref{Disk: locs[j].Disk, Block: locs[j].Block, Hash: cshim.HashPageMig(page)})
 			kept[uint32(i)] = append([]byte(nil), page...)
 		}
 		s.st.refs += len(kept)
@@ -366,6 +378,7 @@ func chooseIndex(dir string, config []byte, log zerolog.Logger) (*content.Client
 	socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
 	var best *content.Client
 	var bestDisks []content.Disk
+	var seen []string // what each device model serves, for the error
 	for _, path := range socks {
 		c, err := content.Dial(path)
 		if err != nil {
@@ -373,11 +386,14 @@ func chooseIndex(dir string, config []byte, log zerolog.Logger) (*content.Client
 			continue
 		}
 		var disks []content.Disk
+		var offered []string
 		for _, d := range c.Hello.Disks {
 			if (d.Dev != 0 || d.Ino != 0) && want[ident{d.Dev, d.Ino}] {
 				disks = append(disks, d)
 			}
+			offered = append(offered, d.Path)
 		}
+		seen = append(seen, fmt.Sprintf("pid %d: %q", c.Hello.PID, offered))
 		if len(disks) == 0 || best != nil && best.Hello.Blocks >= c.Hello.Blocks {
 			c.Close()
 			continue
@@ -388,7 +404,7 @@ func chooseIndex(dir string, config []byte, log zerolog.Logger) (*content.Client
 		best, bestDisks = c, disks
 	}
 	if best == nil {
-		return nil, nil, fmt.Errorf("no device model in %s serves the domain's disks (content-index=on)", dir)
+		return nil, nil, fmt.Errorf("no device model in %s serves the domain's disks %v (content-index=on); they serve %v", dir, diskPaths(cdisks), seen)
 	}
 	sort.Slice(bestDisks, func(i, j int) bool { return bestDisks[i].Index < bestDisks[j].Index })
 	return best, bestDisks, nil
@@ -487,4 +503,12 @@ func (s *sender) fill(seq uint64, idx []uint32) error {
 	s.log.Warn().Uint64("batch", seq).Int("pages", len(idx)).Msg("references did not verify on the receiving side: sending those pages in full")
 	s.st.filled += len(idx)
 	return s.writeFrame(xlwire.AppendFill(nil, seq, idx, pages))
+}
+
+func diskPaths(ds []xenstream.ConfigDisk) []string {
+	var p []string
+	for _, d := range ds {
+		p = append(p, d.Path)
+	}
+	return p
 }

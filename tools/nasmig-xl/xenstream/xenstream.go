@@ -15,6 +15,7 @@ package xenstream
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -185,6 +186,16 @@ func (s *Splitter) readN(n int) ([]byte, error) {
 	return b, nil
 }
 
+// readSome reads what is available now, at most n bytes and at least one
+// (or an error).
+func (s *Splitter) readSome(n int) ([]byte, error) {
+	if cap(s.buf) < n {
+		s.buf = make([]byte, n)
+	}
+	k, err := s.r.Read(s.buf[:n])
+	return s.buf[:k], err
+}
+
 // Next returns the next piece, or io.EOF at the end of the stream.  A
 // stream cut short inside a header or record returns the bytes read so far
 // as a raw piece first, then an error wrapping io.ErrUnexpectedEOF.
@@ -236,7 +247,10 @@ func (s *Splitter) Next() (Piece, error) {
 	case phLibxlRecord, phLibxcRecord:
 		return s.record()
 	default:
-		b, err := s.readN(rawChunk)
+		// xl's messages after the stream are a dialogue (the receiver's
+		// report, then the sender's go-ahead): pass on what is there now,
+		// never wait for more.
+		b, err := s.readSome(rawChunk)
 		s.Tail += int64(len(b))
 		if len(b) > 0 {
 			return Piece{Raw: b}, nil
@@ -411,12 +425,12 @@ type ConfigDisk struct {
 }
 
 // ConfigDisks returns the disks named in the domain configuration JSON
-// that xl's header carries.
+// that xl's header carries (xl writes it with its C string's NUL).
 func ConfigDisks(config []byte) ([]ConfigDisk, error) {
 	var c struct {
 		Disks []ConfigDisk `json:"disks"`
 	}
-	if err := json.Unmarshal(config, &c); err != nil {
+	if err := json.Unmarshal(bytes.TrimRight(config, "\x00"), &c); err != nil {
 		return nil, fmt.Errorf("domain configuration: %w", err)
 	}
 	return c.Disks, nil

@@ -150,3 +150,12 @@ func FuzzSplitter(f *testing.F) {
 		}
 	})
 }
+
+// xl's header carries the configuration as a C string, NUL included (seen
+// in `xl migrate` of Xen 4.17).
+func TestConfigDisksNulTerminated(t *testing.T) {
+	disks, err := ConfigDisks([]byte(`{"c_info":{"name":"g"},"disks":[{"pdev_path":"/dev/vdc","vdev":"xvda","backend":"qdisk","format":"raw"}]}` + "\x00"))
+	if err != nil || len(disks) != 1 || disks[0].Path != "/dev/vdc" || disks[0].Backend != "qdisk" {
+		t.Fatalf("ConfigDisks = %+v, %v", disks, err)
+	}
+}
