@@ -40,6 +40,7 @@ MODULE_ROOTS=(
 	"sd_mod:BLK_DEV_SD"
 	"ext4:EXT4_FS"
 	"virtio_balloon:VIRTIO_BALLOON?"        # free page hinting (the benchmark's free-page-hint modes)
+	"xen_blkfront:XEN_BLKDEV_FRONTEND?"     # the Xen test bed's PV guests -> /dev/xvda
 )
 
 die() { echo "guest: error: $*" >&2; exit 1; }

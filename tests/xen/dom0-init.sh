@@ -30,4 +30,4 @@ else
 	echo "nasmig-xenbed: no job on /dev/vdb"
 fi
 echo "nasmig-xenbed: job exit $rc"
-poweroff -f
+busybox poweroff -f

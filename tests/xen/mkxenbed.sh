@@ -8,6 +8,7 @@
 #   vmlinuz, initrd.img  dom0's kernel and initramfs (Debian's)
 #   dom0.img     ext4 root of dom0: bookworm minbase, the Xen tools of the
 #                same version as the hypervisor, our /init (dom0-init.sh)
+#   verify-stream  upstream's verify-stream-v2 and its Python modules
 #   xen.info     versions
 # Cached: nothing is rebuilt while the inputs (versions, this folder's
 # files) are unchanged.
@@ -41,10 +42,10 @@ done
 KEY=$(
 	{
 		echo "xen $NASMIG_XEN_VERSION bookworm"
-		cd "$HERE" && find . -type f ! -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+		cd "$HERE" && sha256sum mkxenbed.sh dom0-init.sh
 	} | sha256sum | cut -d' ' -f1
 )
-if [[ -f $OUT/.key && $(cat "$OUT/.key") == "$KEY" && -f $OUT/xen && -f $OUT/dom0.img ]]; then
+if [[ -f $OUT/.key && $(cat "$OUT/.key") == "$KEY" && -f $OUT/xen && -f $OUT/dom0.img && -f $OUT/verify-stream/verify-stream-v2 ]]; then
 	echo "xenbed: up to date ($OUT)"
 	exit 0
 fi
@@ -78,22 +79,29 @@ EOF
 	touch "$SRC/.built-$NASMIG_XEN_VERSION"
 fi
 cp "$SRC/tree/xen/xen" "$OUT/xen.tmp" && mv "$OUT/xen.tmp" "$OUT/xen"
+# Upstream's stream checker, run by the tests on captured streams.
+rm -rf "$OUT/verify-stream"
+mkdir -p "$OUT/verify-stream"
+cp -r "$SRC/tree/tools/python/xen" "$OUT/verify-stream/xen"
+cp "$SRC/tree/tools/python/scripts/verify-stream-v2" "$OUT/verify-stream/"
 step_done
 
 step "dom0 root tree (debootstrap bookworm minbase, Xen tools)"
 RFS=$CACHE/rootfs
-if [[ ! -f $RFS/.nasmig-$NASMIG_XEN_VERSION ]]; then
+DOM0_PKGS="xen-utils-4.17=$NASMIG_XEN_VERSION xen-utils-common=$NASMIG_XEN_VERSION xenstore-utils=$NASMIG_XEN_VERSION
+linux-image-amd64 busybox iproute2 kmod procps e2fsprogs"
+if [[ ! -f $RFS/.nasmig-$NASMIG_XEN_VERSION || $(cat "$RFS/.nasmig-$NASMIG_XEN_VERSION") != "$DOM0_PKGS" ]]; then
 	rm -rf "$RFS"
 	debootstrap --variant=minbase bookworm "$RFS" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
 		die "debootstrap failed ($CACHE/debootstrap.log)"
 	# bookworm main only: its Xen tools are the hypervisor's version.
 	echo "deb $MIRROR bookworm main" >"$RFS/etc/apt/sources.list"
-	chroot "$RFS" /bin/sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		xen-utils-4.17=$NASMIG_XEN_VERSION xen-utils-common=$NASMIG_XEN_VERSION xenstore-utils=$NASMIG_XEN_VERSION \
-		linux-image-amd64 busybox iproute2 kmod procps" >"$CACHE/chroot.log" 2>&1 ||
+	# shellcheck disable=SC2086
+	chroot "$RFS" /bin/sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(echo $DOM0_PKGS)" \
+		>"$CACHE/chroot.log" 2>&1 ||
 		die "installing the Xen tools into dom0 failed ($CACHE/chroot.log)"
 	chroot "$RFS" apt-get clean
-	touch "$RFS/.nasmig-$NASMIG_XEN_VERSION"
+	echo "$DOM0_PKGS" >"$RFS/.nasmig-$NASMIG_XEN_VERSION"
 fi
 install -m 0755 "$HERE/dom0-init.sh" "$RFS/init.sh"
 step_done

@@ -65,6 +65,7 @@ func TestPickDisk(t *testing.T) {
 		{[]string{"sdb", "sda", "vdb"}, "sda"},
 		{[]string{"vdb", "sdb"}, "vdb"},
 		{[]string{"sdaa", "sdb"}, "sdb"},
+		{[]string{"xvdb", "xvda", "loop0"}, "xvda"},
 		{[]string{"sdz", "loop0", "nvme0n1"}, ""},
 		{nil, ""},
 	} {

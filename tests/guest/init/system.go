@@ -76,18 +76,20 @@ func loadModules() (loaded int, notes []string, err error) {
 }
 
 // diskRank orders candidate data disks: vda, sda, vdb, sdb, ...
-// It returns ok=false for names that are not whole virtio or SCSI disks.
+// It returns ok=false for names that are not whole virtio, SCSI or Xen PV
+// disks.
 func diskRank(name string) (rank string, ok bool) {
-	var kind string
+	var kind, suffix string
 	switch {
 	case strings.HasPrefix(name, "vd"):
-		kind = "0"
+		kind, suffix = "0", name[2:]
 	case strings.HasPrefix(name, "sd"):
-		kind = "1"
+		kind, suffix = "1", name[2:]
+	case strings.HasPrefix(name, "xvd"): // a Xen PV disk (xen-blkfront)
+		kind, suffix = "2", name[3:]
 	default:
 		return "", false
 	}
-	suffix := name[2:]
 	if suffix == "" {
 		return "", false
 	}
@@ -143,7 +145,7 @@ func findDisk(timeout time.Duration) (string, error) {
 			}
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("no data disk (vd*/sd*) after %v; /sys/block has %v", timeout, names)
+			return "", fmt.Errorf("no data disk (vd*/sd*/xvd*) after %v; /sys/block has %v", timeout, names)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
