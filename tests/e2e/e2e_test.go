@@ -426,8 +426,14 @@ func cases() []e2eCase {
 			},
 			check: func(t *testing.T, o outcome) {
 				requireRefs(t, o)
-				if o.dst.FetchedPages == 0 || o.dst.VerifyFailures != 0 {
-					t.Errorf("destination fetched-pages %d, verify-failures %d: want > 0 and 0", o.dst.FetchedPages, o.dst.VerifyFailures)
+				// mixed rewrites files: a block whose page went as a
+				// reference may be written back on the source before the
+				// destination reads it.  That reference fails verification
+				// and its page comes from the source (RAM is compared
+				// anyway); a clean-clone run saw 32 of 65,015.  Many would
+				// mean the fetch lagged far behind the first pass.
+				if o.dst.FetchedPages == 0 || o.dst.VerifyFailures*100 > o.src.RefPages {
+					t.Errorf("destination fetched-pages %d, verify-failures %d of %d references: want > 0 and under 1%%", o.dst.FetchedPages, o.dst.VerifyFailures, o.src.RefPages)
 				}
 			},
 		}),
