@@ -77,15 +77,20 @@ func deviceModelFiles(t *testing.T, out string) map[string]string {
 func results(serial string) map[string]map[string]string {
 	out := map[string]map[string]string{}
 	for _, m := range regexp.MustCompile(`job: result step=(\S+)(.*)`).FindAllStringSubmatch(serial, -1) {
-		kv := map[string]string{}
-		for _, f := range strings.Fields(m[2]) {
-			if k, v, ok := strings.Cut(f, "="); ok {
-				kv[k] = v
-			}
-		}
-		out[m[1]] = kv
+		out[m[1]] = kvFields(m[2])
 	}
 	return out
+}
+
+// kvFields returns the key=value words of a log line.
+func kvFields(line string) map[string]string {
+	kv := map[string]string{}
+	for _, f := range strings.Fields(line) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			kv[k] = v
+		}
+	}
+	return kv
 }
 
 // xlDone is nasmig-xl's closing log line of one half ("send" or "receive").
@@ -93,13 +98,7 @@ func xlDone(t *testing.T, serial, half string) map[string]string {
 	t.Helper()
 	for _, line := range strings.Split(serial, "\n") {
 		if strings.Contains(line, "nasmig-xl="+half) && strings.Contains(line, " done") {
-			kv := map[string]string{}
-			for _, f := range strings.Fields(line) {
-				if k, v, ok := strings.Cut(f, "="); ok {
-					kv[k] = v
-				}
-			}
-			return kv
+			return kvFields(line)
 		}
 	}
 	t.Fatalf("no closing line of nasmig-xl's %s half on the console", half)
