@@ -357,8 +357,9 @@ do_test() {
 	build_guest
 	test_env
 	unit_tests || fail=1
-	step "end-to-end migrations of a real guest"
-	go test -count=1 -v -timeout 70m ./tests/e2e/... || fail=1
+	step "end-to-end migrations of a real guest${1:+ (all cases)}"
+	# test-full also runs the cases that vary another (fullOnly in e2e_test.go).
+	NASMIG_E2E_FULL=$([ "${1:-}" = full ] && echo 1 || echo 0) go test -count=1 -v -timeout 80m ./tests/e2e/... || fail=1
 	done_step
 	step "QEMU's own migration-test, default set, with libnasmig.so loaded"
 	qemu_suite "" on || fail=1
@@ -537,7 +538,7 @@ do_bench() {
 
 # do_test_xen: the Xen test bed (tests/xen/mkxenbed.sh: Debian's Xen
 # rebuilt with shadow paging, a dom0 root) booted under QEMU with TCG, and
-# the Xen tests in its dom0.  Not part of test yet: see README, "Xen".
+# the Xen tests in its dom0 (./build.sh test runs them too, after the rest).
 # xen_tests: the Xen test bed (cached) and the tests that boot it.
 xen_tests() {
 	local fail=0
@@ -545,7 +546,7 @@ xen_tests() {
 	bash tests/xen/mkxenbed.sh "$CACHE/xenbed" || die "cannot build the Xen test bed"
 	done_step
 	step "Xen tests (a Xen host under TCG, guests migrated with xl migrate)"
-	NASMIG_XENBED=$CACHE/xenbed go test -count=1 -v -timeout 30m ./tests/xen/... || fail=1
+	NASMIG_XENBED=$CACHE/xenbed go test -count=1 -v -timeout 45m ./tests/xen/... || fail=1
 	done_step
 	return $fail
 }

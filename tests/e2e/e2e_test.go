@@ -105,6 +105,9 @@ type e2eCase struct {
 	// needsQEMUASan: run only with a QEMU built with AddressSanitizer
 	// (./build.sh test-full); skipped, saying so, otherwise.
 	needsQEMUASan bool
+	// fullOnly: why the case runs in ./build.sh test-full only (it varies
+	// a case ./build.sh test runs; NASMIG_E2E_FULL=1 runs it).
+	fullOnly string
 	// dimm: the source boots with a pc-dimm whose memory the guest onlines
 	// as movable (page cache goes there first); the destination has a
 	// free slot and no DIMM (the flow unplugs it before migrating).
@@ -365,7 +368,7 @@ func cases() []e2eCase {
 			},
 		}),
 		{
-			name: "12b-destination-lacks-disk-strict", workload: "pagecache-read", dstOwnDisk: true,
+			name: "12b-destination-lacks-disk-strict", fullOnly: "12 with strict=on on the destination", workload: "pagecache-read", dstOwnDisk: true,
 			src: nasmigOn, dst: nasmigStrict,
 			opts: harness.MigrateOpts{Timeout: 2 * time.Minute},
 			flow: destinationLacksDiskFlow,
@@ -531,7 +534,7 @@ func cases() []e2eCase {
 		// written back): those pages must go whole, never as references
 		// (RAM compared, the destination paused).
 		nasmigBothSides(e2eCase{
-			name: "16h-fill-after-switchover-mmap-write", workload: "mmap-write", slowStorage: 30_000_000,
+			name: "16h-fill-after-switchover-mmap-write", fullOnly: "16c-16g with an mmap-write guest", workload: "mmap-write", slowStorage: 30_000_000,
 			opts:  harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
 			flow:  slowStorageFlow,
 			check: requirePostcopyFill,
@@ -540,7 +543,7 @@ func cases() []e2eCase {
 		// vhost-user devices need): discards punch holes in the shared
 		// file, userfaultfd places pages in it (RAM compared).
 		nasmigBothSides(e2eCase{
-			name: "16i-fill-after-switchover-shared-memory", workload: "pagecache-read", slowStorage: 30_000_000,
+			name: "16i-fill-after-switchover-shared-memory", fullOnly: "16c with shared guest memory", workload: "pagecache-read", slowStorage: 30_000_000,
 			sharedMemory: true,
 			opts:         harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
 			flow:         slowStorageFlow,
@@ -591,15 +594,15 @@ func cases() []e2eCase {
 			// The names a -drive / -device user knows: the drive id, the
 			// device id and the node name of the disk's top node all reach
 			// the NBD node below them.
-			name: "26b-exclude-by-drive-id", workload: "pagecache-read",
+			name: "26b-exclude-by-drive-id", fullOnly: "26 matched by drive id", workload: "pagecache-read",
 			exclude: []string{harness.DiskDriveID}, check: requireNoRefs, flow: excludeFlow(""),
 		}),
 		nasmigBothSides(e2eCase{
-			name: "26c-exclude-by-device-id", workload: "pagecache-read",
+			name: "26c-exclude-by-device-id", fullOnly: "26 matched by device id", workload: "pagecache-read",
 			exclude: []string{harness.DiskDeviceID}, check: requireNoRefs, flow: excludeFlow(""),
 		}),
 		nasmigBothSides(e2eCase{
-			name: "26d-exclude-by-node-name", workload: "pagecache-read",
+			name: "26d-exclude-by-node-name", fullOnly: "26 matched by node name", workload: "pagecache-read",
 			exclude: []string{harness.DiskNodeName}, check: requireNoRefs, flow: excludeFlow(""),
 		}),
 		nasmigBothSides(e2eCase{
@@ -647,7 +650,7 @@ func cases() []e2eCase {
 			},
 		}),
 		nasmigBothSides(e2eCase{
-			name: "29b-xbzrle-mixed-slow-storage", workload: "mixed", settle: 3, slowStorage: 40_000_000,
+			name: "29b-xbzrle-mixed-slow-storage", fullOnly: "29 with XBZRLE instead of multifd", workload: "mixed", settle: 3, slowStorage: 40_000_000,
 			opts: harness.MigrateOpts{
 				Caps:   map[string]bool{"xbzrle": true},
 				Params: map[string]any{"max-bandwidth": 60_000_000},
@@ -701,7 +704,7 @@ func cases() []e2eCase {
 		{
 			// The same guest migrated by stock QEMU: the time to compare
 			// with (the summary prints both).
-			name: "27b-continuous-reader-stock", workload: "reader", settle: 3,
+			name: "27b-continuous-reader-stock", fullOnly: "27's stock control", workload: "reader", settle: 3,
 		},
 		nasmigBothSides(e2eCase{
 			// The firmware is read from its pflash image through the block
@@ -971,6 +974,9 @@ func runCase(t *testing.T, env harness.Env, accel string, c e2eCase, f *figures)
 	}
 	if c.needsQEMUASan && env.QEMUASan == "" {
 		t.Skip("skipping: needs a QEMU built with AddressSanitizer (NASMIG_QEMU_ASAN); ./build.sh test-full builds one and runs this case")
+	}
+	if c.fullOnly != "" && os.Getenv("NASMIG_E2E_FULL") != "1" {
+		t.Skipf("SKIPPED in ./build.sh test (CI's time budget): %s; ./build.sh test-full runs it (NASMIG_E2E_FULL=1)", c.fullOnly)
 	}
 	extraPluginArgs = nil
 	p := &pair{c: c, env: env, run: harness.NewTestRun(t, env), fig: f}

@@ -37,6 +37,7 @@ MODULE_ROOTS=(
 	"virtio_blk:VIRTIO_BLK"                 # if=virtio -> /dev/vda
 	"virtio_scsi:SCSI_VIRTIO"               # virtio-scsi-pci + scsi-hd -> /dev/sda
 	"ahci:SATA_AHCI"                        # ahci/ide-hd (q35's own ICH9 AHCI too) -> /dev/sda
+	"ata_piix:ATA_PIIX?"                    # PIIX IDE (a Xen HVM guest's emulated disk) -> /dev/sda
 	"sd_mod:BLK_DEV_SD"
 	"ext4:EXT4_FS"
 	"virtio_balloon:VIRTIO_BALLOON?"        # free page hinting (the benchmark's free-page-hint modes)

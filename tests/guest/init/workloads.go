@@ -38,7 +38,7 @@ func newWorkload(cfg config) workload {
 	case wlPagecacheWrite:
 		return &pagecacheWrite{mib: cfg.mibOr(256), seed: cfg.Seed}
 	case wlMixed:
-		return &mixedWorkload{seed: cfg.Seed}
+		return &mixedWorkload{seed: cfg.Seed, mib: cfg.mibOr(0)}
 	case wlMmapWrite:
 		return &mmapWrite{read: pagecacheRead{mib: cfg.mibOr(256)}, seed: cfg.Seed}
 	case wlMemoryHot:
@@ -474,11 +474,13 @@ func (w *pagecacheWrite) status() string {
 	return fmt.Sprintf("files-written=%d", len(w.files))
 }
 
-// mixedWorkload reads gen.MixedPath into the page cache, then forever
-// overwrites random blocks with new versions and reads random blocks back
-// (about 300 operations a second), with an fsync every 5 seconds.
+// mixedWorkload reads gen.MixedPath (its first mib MiB, 0 = all) into the
+// page cache, then forever overwrites random blocks of it with new versions
+// and reads random blocks back (about 300 operations a second), with an
+// fsync every 5 seconds.
 type mixedWorkload struct {
 	seed uint64
+	mib  int
 	f    *os.File
 	m    *mixedFile
 }
@@ -502,8 +504,13 @@ func (w *mixedWorkload) setup() error {
 	if st.Size()%gen.BlockSize != 0 || st.Size() == 0 {
 		return fmt.Errorf("%s: size %d is not a positive multiple of %d", gen.MixedPath, st.Size(), gen.BlockSize)
 	}
+	blocks := int(st.Size() / gen.BlockSize)
+	if w.mib > 0 {
+		// A small guest's page cache holds only part of the file.
+		blocks = min(blocks, w.mib*gen.MiB/gen.BlockSize)
+	}
 	w.f = f
-	w.m = newMixedFile(f, gen.SeedOf(gen.MixedPath), int(st.Size()/gen.BlockSize), w.seed)
+	w.m = newMixedFile(f, gen.SeedOf(gen.MixedPath), blocks, w.seed)
 	restored, err := w.m.load(gen.MiB)
 	if err != nil {
 		return fmt.Errorf("%s: %w", gen.MixedPath, err)

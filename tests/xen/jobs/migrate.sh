@@ -10,8 +10,10 @@
 # /job/job.env sets GUEST (pv, pvh, hvm), MEM (MiB), MIB (page cache to
 # fill), DATA (the shared data disk as dom0 sees it), OVERWRITE (blocks of
 # a cached file to overwrite behind the index's back before migrating),
-# and optionally BACKEND (qdisk, or phy: the kernel's blkback) and PLUGIN
-# (on, off).
+# and optionally WORKLOAD (the guest's: pagecache-read, or mixed, which
+# keeps writing blocks of the file it cached, also while it migrates),
+# BACKEND (qdisk, or phy: the kernel's blkback), HVM_DISK (emulated, pv)
+# and PLUGIN (on, off).
 # Lines starting "job: result" are what the test reads; "job: FAIL" ends
 # the job with exit status 1.
 set -u
@@ -62,19 +64,42 @@ exec "$@"
 EOF
 chmod +x /run/nasmig/pipe.sh
 
+# The data disk: QEMU serves it in every case (qdisk for PV and PVH; for
+# HVM the emulated IDE disk, which the guest keeps with
+# xen_emul_unplug=never, or with HVM_DISK=pv the PV disk, qdisk).
+CONSOLE_KEY=console/tty
+EXTRA=
 case $GUEST in
-pv)
-	TYPE='type = "pv"'
+pv | pvh)
+	TYPE="type = \"$GUEST\""
+	# PVH under TCG: shadow paging (hap 0), and a native TSC (otherwise
+	# SVM's RDTSCP intercept fails: "SVM Insn len emulation failed").
+	[ "$GUEST" = pvh ] && TYPE="$TYPE
+hap = 0
+tsc_mode = \"native\""
 	DISK="'format=raw,vdev=xvda,access=rw,backendtype=${BACKEND:-qdisk},direct-io-safe,target=$DATA'"
 	ARGS=device_model_args_pv
 	CONSOLE=hvc0
 	;;
-pvh)
-	TYPE='type = "pvh"
-hap = 0'
-	DISK="'format=raw,vdev=xvda,access=rw,backendtype=${BACKEND:-qdisk},direct-io-safe,target=$DATA'"
-	ARGS=device_model_args_pv
-	CONSOLE=hvc0
+hvm)
+	# Under TCG as for PVH.  The console is the emulated serial port.
+	TYPE='type = "hvm"
+hap = 0
+tsc_mode = "native"
+vga = "none"
+nographic = 1
+serial = "pty"'
+	case ${HVM_DISK:-emulated} in
+	emulated)
+		DISK="'format=raw,vdev=hda,access=rw,target=$DATA'"
+		EXTRA=xen_emul_unplug=never
+		;;
+	pv) DISK="'format=raw,vdev=xvda,access=rw,backendtype=qdisk,direct-io-safe,target=$DATA'" ;;
+	*) fail "unknown HVM_DISK $HVM_DISK" ;;
+	esac
+	ARGS=device_model_args_hvm
+	CONSOLE=ttyS0
+	CONSOLE_KEY=serial/0/tty
 	;;
 *) fail "unknown guest type $GUEST" ;;
 esac
@@ -88,7 +113,7 @@ memory = $MEM
 vcpus = 1
 kernel = "/job/guest/vmlinuz"
 ramdisk = "/job/guest/initrd.img"
-extra = "console=$CONSOLE quiet nasmig.workload=pagecache-read nasmig.mib=$MIB"
+extra = "console=$CONSOLE quiet $EXTRA nasmig.workload=${WORKLOAD:-pagecache-read} nasmig.mib=$MIB"
 disk = [ $DISK ]
 device_model_version = "qemu-xen"
 device_model_override = "/run/nasmig/dm.sh"
@@ -102,7 +127,7 @@ console_attach() {
 	domid=$(xl domid "$NAME" 2>/dev/null) || fail "no domain $NAME"
 	tty=
 	for _ in $(seq 100); do
-		tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) && [ -n "$tty" ] && break
+		tty=$(xenstore-read "/local/domain/$domid/$CONSOLE_KEY" 2>/dev/null) && [ -n "$tty" ] && break
 		sleep 0.1
 	done
 	[ -n "$tty" ] || fail "no console pty for domain $domid"
@@ -138,7 +163,8 @@ console_attach
 xl unpause "$NAME" || fail "xl unpause"
 wait_for 'nasmig: ready' 120 || fail "the guest did not reach its steady state"
 grep -a 'nasmig: ready' "$OUTD/console.log"
-log "result step=boot ms=$(ms "$t0" "$(now)")"
+disk=$(grep -aoE 'disk=/dev/[a-z]+' "$OUTD/console.log" | head -1)
+log "result step=boot ms=$(ms "$t0" "$(now)") $disk"
 verify() { # LABEL: the guest checks every file it read (through its page cache)
 	from=$(lines)
 	echo verify >"$tty"
