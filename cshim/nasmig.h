@@ -393,7 +393,9 @@ struct nasmig_lib {
      * content the library may index.  The library hashes each page now
      * (before the guest is told) and queues the mappings; if *write_gen no
      * longer equals gen_before after the mappings were reserved, a write
-     * raced with the read and they are dropped.
+     * raced with the read and they are dropped.  Also called, after
+     * block_write_done, for a data write that succeeded: every page is
+     * then NASMIG_RAMBLOCK_NONE and gen_before counts that write.
      */
     void (*block_read_done)(int disk, const struct nasmig_page_read *pages,
                             unsigned n, const unsigned *write_gen,

@@ -11,8 +11,9 @@ static uint64_t lost_head; /* ring head after the latest lost write */
  * publish_reads hashes the completed pages and puts them on the tracking
  * ring as records of kind: NASMIG_REC_MAP (a guest page holds the block) or
  * NASMIG_REC_CONTENT (the block's content, for the content index, wherever
- * the data went: Xen's qdisk reads through QEMU's own buffers).  Hashing
- * happens now, before the guest is told the read finished.
+ * the data went: Xen's qdisk reads through QEMU's own buffers; the data of
+ * a completed write comes here too, as content only).  Hashing happens
+ * now, before the guest is told the read (or write) finished.
  */
 static void publish_reads(int disk, const struct nasmig_page_read *pages,
                           unsigned n, uint8_t kind, const unsigned *write_gen,

@@ -287,7 +287,7 @@ func cases() []e2eCase {
 			},
 		}),
 		nasmigBothSides(e2eCase{
-			name: "05-multifd-2-channels", workload: "pagecache-read",
+			name: "05-multifd-2-channels", fullOnly: "29 and 31 (multifd on slow storage, over TCP)", workload: "pagecache-read",
 			opts: harness.MigrateOpts{
 				Caps:   map[string]bool{"multifd": true},
 				Params: map[string]any{"multifd-channels": 2},
@@ -308,7 +308,7 @@ func cases() []e2eCase {
 			check: requireRefsAndFetched,
 		}),
 		nasmigBothSides(e2eCase{
-			name: "08-virtio-scsi", workload: "pagecache-read", bus: harness.BusVirtioSCSI,
+			name: "08-virtio-scsi", fullOnly: "25 without the iothread", workload: "pagecache-read", bus: harness.BusVirtioSCSI,
 			check: requireRefsAndFetched,
 		}),
 		nasmigBothSides(e2eCase{
@@ -378,7 +378,7 @@ func cases() []e2eCase {
 			check: requireRefsAndFetched,
 		}),
 		{
-			name: "14-save-restore-file-stock", workload: "pagecache-read", flow: saveRestoreFlow,
+			name: "14-save-restore-file-stock", fullOnly: "13's stock control", workload: "pagecache-read", flow: saveRestoreFlow,
 		},
 		nasmigBothSides(e2eCase{
 			// A guest that keeps stamping mapped file pages while it is
@@ -518,7 +518,7 @@ func cases() []e2eCase {
 		// after the fault fallback (50 ms), the fills wait, and then go
 		// on; the guest's verification must pass.
 		nasmigBothSides(e2eCase{
-			name: "16g-fill-after-switchover-storage-stall", workload: "pagecache-read", slowStorage: 30_000_000,
+			name: "16g-fill-after-switchover-storage-stall", fullOnly: "16c with storage that stalls", workload: "pagecache-read", slowStorage: 30_000_000,
 			stallStorage: 3 * time.Second,
 			opts:         harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true}},
 			flow:         fillAfterGuestRunsFlow,
@@ -726,6 +726,12 @@ func cases() []e2eCase {
 			// guest read by content; nasmig-xl sends a libxc stream of
 			// the guest's RAM through that index (contentIndexFlow).
 			name: "40-content-index-xen-stream", workload: "pagecache-read", fileDisk: true, flow: contentIndexFlow,
+			pluginArgs: []string{"content-index=$RUN/content"},
+		}),
+		nasmigBothSides(e2eCase{
+			// The same with a guest that wrote its page cache (new files,
+			// fsynced): the index learns blocks from completed writes too.
+			name: "40b-content-index-written-blocks", workload: "pagecache-write", fileDisk: true, flow: contentIndexFlow,
 			pluginArgs: []string{"content-index=$RUN/content"},
 		}),
 		nasmigBothSides(e2eCase{

@@ -89,7 +89,7 @@ step_done
 step "dom0 root tree (debootstrap bookworm minbase, Xen tools)"
 RFS=$CACHE/rootfs
 DOM0_PKGS="xen-utils-4.17=$NASMIG_XEN_VERSION xen-utils-common=$NASMIG_XEN_VERSION xenstore-utils=$NASMIG_XEN_VERSION
-linux-image-amd64 busybox iproute2 kmod procps e2fsprogs"
+linux-image-amd64 busybox iproute2 kmod procps e2fsprogs seabios"
 if [[ ! -f $RFS/.nasmig-$NASMIG_XEN_VERSION || $(cat "$RFS/.nasmig-$NASMIG_XEN_VERSION") != "$DOM0_PKGS" ]]; then
 	rm -rf "$RFS"
 	debootstrap --variant=minbase bookworm "$RFS" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
