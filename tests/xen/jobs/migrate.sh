@@ -68,6 +68,7 @@ chmod +x /run/nasmig/pipe.sh
 # The data disk: QEMU serves it in every case (qdisk for PV and PVH; for
 # HVM the emulated IDE disk, which the guest keeps with
 # xen_emul_unplug=never, or with HVM_DISK=pv the PV disk, qdisk).
+QDISK="'format=raw,vdev=xvda,access=rw,backendtype=${BACKEND:-qdisk},direct-io-safe,target=$DATA'"
 CONSOLE_KEY=console/tty
 EXTRA=
 case $GUEST in
@@ -78,7 +79,7 @@ pv | pvh)
 	[ "$GUEST" = pvh ] && TYPE="$TYPE
 hap = 0
 tsc_mode = \"native\""
-	DISK="'format=raw,vdev=xvda,access=rw,backendtype=${BACKEND:-qdisk},direct-io-safe,target=$DATA'"
+	DISK=$QDISK
 	ARGS=device_model_args_pv
 	CONSOLE=hvc0
 	;;
@@ -95,7 +96,7 @@ serial = "pty"'
 		DISK="'format=raw,vdev=hda,access=rw,target=$DATA'"
 		EXTRA=xen_emul_unplug=never
 		;;
-	pv) DISK="'format=raw,vdev=xvda,access=rw,backendtype=qdisk,direct-io-safe,target=$DATA'" ;;
+	pv) DISK=$QDISK ;;
 	*) fail "unknown HVM_DISK $HVM_DISK" ;;
 	esac
 	ARGS=device_model_args_hvm
@@ -179,7 +180,6 @@ DM_PID=$(pgrep -f -- "-xen-domid $domid " | head -1)
 log "device model pid ${DM_PID:-none}: $(ls /run/nasmig/content)"
 # What the library said about the disks (tracked or not, and why).
 grep -a 'nasmig' "/var/log/xen/qemu-dm-$NAME.log" 2>/dev/null | grep -av heartbeat | head -n 8 | sed 's/^/job: device model log: /'
-
 
 overwritten=0
 if [ "${OVERWRITE:-0}" -gt 0 ]; then
