@@ -29,6 +29,20 @@ step() { step_start=$(date +%s.%N); printf '\n==> %s\n' "$*"; }
 done_step() { printf '    (%.1f s)\n' "$(echo "$(date +%s.%N) - $step_start" | bc)"; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 
+# CI keeps only a part of a long run's output: after a failure, print
+# each failed Go subtest's own lines again at the end, where they survive.
+# $1 is a `go test -v` log; the subtests of a case run one at a time.
+failed_subtests() {
+	local name
+	grep -oE -- '--- FAIL: [^ ]+/[^ ]+' "$1" | awk '{print $3}' | while read -r name; do
+		printf '\n--- what %s printed (from %s):\n' "$name" "$1"
+		awk -v run="=== RUN   $name" '
+			$0 == run { on = 1; print; next }
+			on && /^=== (RUN|NAME|PAUSE|CONT) / { on = 0 }
+			on { print }' "$1" | tail -n 80
+	done
+}
+
 usage() {
 	cat <<EOF
 usage: ./build.sh [command]
@@ -352,6 +366,7 @@ do_test() {
 	local t0 fail=0
 	LOGS=${NASMIG_LOGS:-$CACHE/test-logs}
 	mkdir -p "$LOGS"
+	rm -f "$LOGS/e2e.log" "$LOGS/e2e-asan.log" "$LOGS/xen.log"
 	t0=$(date +%s)
 	do_build
 	build_guest
@@ -359,7 +374,8 @@ do_test() {
 	unit_tests || fail=1
 	step "end-to-end migrations of a real guest${1:+ (all cases)}"
 	# test-full also runs the cases that vary another (fullOnly in e2e_test.go).
-	NASMIG_E2E_FULL=$([ "${1:-}" = full ] && echo 1 || echo 0) go test -count=1 -v -timeout 80m ./tests/e2e/... || fail=1
+	NASMIG_E2E_FULL=$([ "${1:-}" = full ] && echo 1 || echo 0) go test -count=1 -v -timeout 80m ./tests/e2e/... 2>&1 |
+		tee "$LOGS/e2e.log" || fail=1
 	done_step
 	step "QEMU's own migration-test, default set, with libnasmig.so loaded"
 	qemu_suite "" on || fail=1
@@ -374,8 +390,14 @@ do_test() {
 		done_step
 		build_qemu_asan
 		step "end-to-end cases with QEMU and the library under AddressSanitizer"
-		NASMIG_QEMU_ASAN=$QEMU_ASAN go test -count=1 -v -timeout 40m -run 'TestMigrations/(28c|30)-' ./tests/e2e/... || fail=1
+		NASMIG_QEMU_ASAN=$QEMU_ASAN go test -count=1 -v -timeout 40m -run 'TestMigrations/(28c|30)-' ./tests/e2e/... 2>&1 |
+			tee "$LOGS/e2e-asan.log" || fail=1
 		done_step
+	fi
+	if [ $fail != 0 ]; then
+		for log in "$LOGS/e2e.log" "$LOGS/e2e-asan.log" "$LOGS/xen.log"; do
+			if [ -f "$log" ]; then failed_subtests "$log" || true; fi
+		done
 	fi
 	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "ALL TESTS PASSED" || echo "TESTS FAILED")" $(($(date +%s) - t0))
 	return $fail
@@ -546,7 +568,8 @@ xen_tests() {
 	bash tests/xen/mkxenbed.sh "$CACHE/xenbed" || die "cannot build the Xen test bed"
 	done_step
 	step "Xen tests (a Xen host under TCG, guests migrated with xl migrate)"
-	NASMIG_XENBED=$CACHE/xenbed go test -count=1 -v -timeout 45m ./tests/xen/... || fail=1
+	mkdir -p "${LOGS:=$CACHE/test-logs}"
+	NASMIG_XENBED=$CACHE/xenbed go test -count=1 -v -timeout 45m ./tests/xen/... 2>&1 | tee "$LOGS/xen.log" || fail=1
 	done_step
 	return $fail
 }

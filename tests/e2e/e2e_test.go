@@ -1402,6 +1402,8 @@ func staleReferenceFlow(t *testing.T, ctx context.Context, p *pair) {
 		}
 		p.fig.result = "neither (a) nor (b)"
 		p.fig.note = fmt.Sprintf("src %s/%s, dst %s/%s, dst verify-failures %d", srcMig, srcStatus, dstMig, dstStatus, o.dst.VerifyFailures)
+		t.Logf("source QEMU's log, last lines:\n%s", p.src.LogTail(25))
+		t.Logf("destination QEMU's log, last lines:\n%s", p.dst.LogTail(25))
 		t.Fatalf("neither outcome: migration source status %q with query-status %q, destination status %q with query-status %q "+
 			"(destination verify-failures %d, fallbacks %d): want (a) completed on both sides with identical RAM, or (b) "+
 			"failed on the source with the source running; error: %v",
