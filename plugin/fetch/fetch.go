@@ -44,9 +44,8 @@ const (
 )
 
 type item struct {
-	req    cshim.FetchReq
-	retry  bool
-	reason string // why a failed item failed
+	req   cshim.FetchReq
+	retry bool
 }
 
 type batch struct {
@@ -638,7 +637,7 @@ func (f *Fetcher) fail(items []item, reason string) {
 				f.log.Warn().Str("where", where).Str("reason", reason).Msg("disk reference failed; will re-read after the source's final flush")
 			}
 			// Kept for the final re-read, in case the page never comes.
-			f.failed = append(f.failed, item{req: r, reason: reason})
+			f.failed = append(f.failed, item{req: r})
 			continue
 		}
 		f.log.Error().Str("where", where).Str("reason", reason).Msg("disk reference failed again after the final flush")
