@@ -77,6 +77,16 @@ func newBed(t *testing.T, nblocks int, advertisedPath func(string) string) *bed 
 // stream builds a PV guest's stream whose pages are the disk's blocks
 // 0..ndisk-1 as indexed, random pages, and invalid entries.
 func (b *bed) stream(ndisk int) []byte {
+	blocks := make([]int, ndisk)
+	for i := range blocks {
+		blocks[i] = i
+	}
+	return b.streamOf(blocks)
+}
+
+// streamOf is stream with the disk's blocks at these indexes.
+func (b *bed) streamOf(blocks []int) []byte {
+	ndisk := len(blocks)
 	rng := rand.New(rand.NewSource(8))
 	var s xenstream.Builder
 	s.XLHeader([]byte(fmt.Sprintf(`{"c_info":{"name":"g"},"disks":[{"pdev_path":%q,"vdev":"xvda","backend":"qdisk"}]}`, b.img)))
@@ -96,7 +106,7 @@ func (b *bed) stream(ndisk int) []byte {
 			case i%50 == 9:
 				data = append(data, make([]byte, xlwire.PageSize)...)
 			case i%2 == 0 && next < ndisk:
-				data = append(data, b.blocks[next]...)
+				data = append(data, b.blocks[blocks[next]]...)
 				next++
 			default:
 				page := make([]byte, xlwire.PageSize)
@@ -170,6 +180,37 @@ func TestMigrateReferencesVerifiedByteIdentical(t *testing.T) {
 		t.Fatalf("%d bytes on the link for a stream of %d with 500 references", sst.linkBytes, len(in))
 	}
 	t.Logf("stream %d bytes, link %d bytes, %d reads", len(in), sst.linkBytes, rst.reads)
+}
+
+// Blocks far apart are read apart: a read spans no gap wider than
+// maxReadGap, so scattered references (a guest that wrote random blocks)
+// are not paid for with the blocks between them.
+func TestReceiverReadsNoWideGaps(t *testing.T) {
+	b := newBed(t, 4000, func(p string) string { return p })
+	// Groups of five referenced blocks: three adjacent, a gap of exactly
+	// maxReadGap, two adjacent; the next group maxReadGap+1 further.
+	group := []int{0, 1, 2, 3 + maxReadGap, 4 + maxReadGap}
+	stride := 2*maxReadGap + 6
+	var blocks []int
+	for g := 0; len(blocks) < 300; g++ {
+		for _, o := range group {
+			blocks = append(blocks, g*stride+o)
+		}
+	}
+	in := b.streamOf(blocks)
+	scode, _, rcode, rst, got, _ := migrate(t, b, in)
+	if scode != 0 || rcode != 0 || !bytes.Equal(got, in) {
+		t.Fatalf("exit codes %d/%d, stream identical %v", scode, rcode, bytes.Equal(got, in))
+	}
+	if rst.verified != 300 {
+		t.Fatalf("receiver %+v: want 300 verified", rst)
+	}
+	// The gap within a group is read, the one between groups is not.
+	maxBytes := int64(300/5) * (maxReadGap + 5) * xlwire.PageSize
+	if rst.readBytes > maxBytes {
+		t.Fatalf("read %d bytes for 300 references, want at most %d", rst.readBytes, maxBytes)
+	}
+	t.Logf("%d reads, %d bytes for 300 referenced blocks", rst.reads, rst.readBytes)
 }
 
 func TestMigrateWithoutReadableDiskSendsInFull(t *testing.T) {

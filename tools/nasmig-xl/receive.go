@@ -18,8 +18,14 @@ import (
 	"nasmig/tools/nasmig-xl/xlwire"
 )
 
-// maxRead is the largest read of adjacent referenced blocks.
-const maxRead = 1 << 20
+// maxRead is the largest read of nearby referenced blocks; maxReadGap the
+// widest run of unreferenced blocks one read spans (64 KiB: cheaper read
+// along than a read of its own; wider ones, such as between the random
+// blocks a guest wrote, would be read for nothing).
+const (
+	maxRead    = 1 << 20
+	maxReadGap = 16
+)
 
 type recvStats struct {
 	refs, verified, mismatched, reads int
@@ -277,7 +283,7 @@ func (r *receiver) batch(seq uint64, head []byte, entries []xlwire.Entry) error 
 	return nil
 }
 
-// resolve reads the referenced blocks (adjacent ones in one read), keeps
+// resolve reads the referenced blocks (nearby ones in one read), keeps
 // each that has the reference's hash and returns the indexes of the rest.
 func (r *receiver) resolve(entries []xlwire.Entry, refs []int, pages [][]byte) []uint32 {
 	sort.Slice(refs, func(a, b int) bool {
@@ -291,7 +297,9 @@ func (r *receiver) resolve(entries []xlwire.Entry, refs []int, pages [][]byte) [
 		j := k + 1
 		for j < len(refs) {
 			n := entries[refs[j]].Ref
-			if n.Disk != first.Disk || n.Block < first.Block || (n.Block-first.Block+1)*xlwire.PageSize > maxRead {
+			prev := entries[refs[j-1]].Ref.Block
+			if n.Disk != first.Disk || n.Block < first.Block || (n.Block-first.Block+1)*xlwire.PageSize > maxRead ||
+				n.Block > prev+maxReadGap+1 {
 				break
 			}
 			j++
