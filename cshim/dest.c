@@ -501,11 +501,11 @@ int nasmig_fail_page(const struct nasmig_fetch_req *r)
 }
 
 /*
- * Which references still wait for a fill (pending, this generation): a
- * page that came in full since has moved on.  out[i] = 1 for those.
+ * Which references are still current (this generation: a page that came
+ * in full since has moved on) with their page in fill state state.
  */
-void nasmig_refs_pending(const struct nasmig_fetch_req *reqs, unsigned n,
-                         uint8_t *out)
+void nasmig_refs_in_state(const struct nasmig_fetch_req *reqs, unsigned n,
+                          uint32_t state, uint8_t *out)
 {
     unsigned i;
 
@@ -514,7 +514,7 @@ void nasmig_refs_pending(const struct nasmig_fetch_req *reqs, unsigned n,
         uint32_t w = st ? LOAD_ACQ(&st[reqs[i].page]) : 0;
 
         out[i] = st && nasmig_fill_gen(w) == reqs[i].gen &&
-                 nasmig_fill_state(w) == NASMIG_FILL_PENDING;
+                 nasmig_fill_state(w) == state;
     }
 }
 

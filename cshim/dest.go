@@ -56,11 +56,18 @@ func FailPage(r *FetchReq) bool { return C.nasmig_fail_page((*C.struct_nasmig_fe
 
 // RefsPending sets pending[i] for the references that still wait for a
 // fill: a page that came in full since has moved on.
-func RefsPending(reqs []FetchReq, pending []uint8) {
+func RefsPending(reqs []FetchReq, pending []uint8) { refsInState(reqs, C.NASMIG_FILL_PENDING, pending) }
+
+// RefsFailed sets failed[i] for the references whose fill failed and whose
+// page has not come in full since.
+func RefsFailed(reqs []FetchReq, failed []uint8) { refsInState(reqs, C.NASMIG_FILL_FAILED, failed) }
+
+func refsInState(reqs []FetchReq, state C.uint32_t, out []uint8) {
 	if len(reqs) == 0 {
 		return
 	}
-	C.nasmig_refs_pending((*C.struct_nasmig_fetch_req)(&reqs[0]), C.uint(len(reqs)), (*C.uint8_t)(unsafe.Pointer(&pending[0])))
+	C.nasmig_refs_in_state((*C.struct_nasmig_fetch_req)(&reqs[0]), C.uint(len(reqs)), state,
+		(*C.uint8_t)(unsafe.Pointer(&out[0])))
 }
 
 // MapIfBlock enters into this side's map the pages that hold exactly their

@@ -376,8 +376,9 @@ void nasmig_kick_waiter(void);
 /* Calls through the host table (so Go can call function pointers). */
 void nasmig_call_mark_dirty(uint32_t rb, uint64_t off, uint64_t len);
 uint64_t nasmig_send_full(unsigned disk, uint64_t first, uint64_t count);
-void nasmig_refs_pending(const struct nasmig_fetch_req *reqs, unsigned n,
-                         uint8_t *out);
+/* out[i]: reference i is still current and its page in fill state state. */
+void nasmig_refs_in_state(const struct nasmig_fetch_req *reqs, unsigned n,
+                          uint32_t state, uint8_t *out);
 void nasmig_map_if_block(const struct nasmig_fetch_req *reqs, unsigned n,
                          uint8_t *out);
 void nasmig_send_full_reset(void);

@@ -384,15 +384,29 @@ func (f *Fetcher) settle() {
 	}
 	if len(f.failed) > 0 {
 		// Re-read what failed: the source's data is on storage by now (at a
-		// barrier, as far as it will be before the pages are needed).
+		// barrier, as far as it will be before the pages are needed).  A
+		// page that came in full meanwhile (the source was asked for it)
+		// needs no read: in a migration whose blocks were overwritten,
+		// that is most of them.
 		reqs := make([]cshim.FetchReq, len(f.failed))
 		for i, it := range f.failed {
 			reqs[i] = it.req
 		}
 		f.failed = nil
-		f.enqueue(reqs, true)
-		f.issue(true)
-		return
+		still := make([]uint8, len(reqs))
+		cshim.RefsFailed(reqs, still)
+		n := 0
+		for i := range reqs {
+			if still[i] != 0 {
+				reqs[n] = reqs[i]
+				n++
+			}
+		}
+		if n > 0 {
+			f.enqueue(reqs[:n], true)
+			f.issue(true)
+			return
+		}
 	}
 	if req&cshim.FinishReqBarrier != 0 {
 		cshim.ClearBarrierRequest()
