@@ -43,6 +43,37 @@ failed_subtests() {
 	done
 }
 
+# failure_recap LOG...: the last thing a failed run prints, short enough to
+# survive a CI excerpt that keeps only the end: per failed test (the
+# innermost of nested ones) the few lines that say why.  A verbose log
+# (go test -v) has a test's lines under its "=== RUN"; a quiet one after
+# its "--- FAIL".
+failure_recap() {
+	local log name names
+	for log in "$@"; do
+		[ -f "$log" ] || continue
+		# A parent fails with its failed subtests: show only those.
+		names=$(grep -oE -- '--- FAIL: [^ ]+' "$log" | awk '{print $3}' | sort -u |
+			awk '{ n[NR] = $0 } END { for (i = 1; i <= NR; i++) { leaf = 1
+				for (j = 1; j <= NR; j++) if (index(n[j], n[i] "/") == 1) leaf = 0
+				if (leaf) print n[i] } }')
+		for name in $names; do
+			printf 'FAILED %s (%s):\n' "$name" "$(basename "$log")"
+			if grep -qxF -- "=== RUN   $name" "$log"; then
+				awk -v run="=== RUN   $name" '
+					$0 == run { on = 1; next }
+					on && /^=== (RUN|NAME|PAUSE|CONT) / { on = 0 }
+					on && !/ took [0-9.]+ s: status|run failed, logs kept|^ *--- (FAIL|PASS|SKIP)|^(FAIL|ok|PASS)/ { print }' "$log" | tail -n 5
+			else
+				awk -v fail="--- FAIL: $name " '
+					index($0, fail) == 1 { on = 1; n = 0; next }
+					on && (/^(---|===|FAIL|ok|PASS)/ || ++n > 4) { on = 0 }
+					on { print }' "$log"
+			fi | cut -c1-300
+		done
+	done
+}
+
 usage() {
 	cat <<EOF
 usage: ./build.sh [command]
@@ -345,10 +376,12 @@ unit_tests() {
 	go vet ./... || fail=1
 	done_step
 	step "unit tests (Go, C ABI, fuzz seeds)"
-	go test -count=1 ./cshim/... ./plugin/... ./tools/... ./tests/guest/... ./tests/harness/... ./tests/qemustart/... || fail=1
+	go test -count=1 ./cshim/... ./plugin/... ./tools/... ./tests/guest/... ./tests/harness/... ./tests/qemustart/... 2>&1 |
+		tee "${LOGS:-/tmp}/unit.log" || fail=1
 	done_step
 	step "race tests"
-	go test -count=1 -race ./cshim/... ./plugin/... ./tools/nasmig-xl/... ./tests/harness/... || fail=1
+	go test -count=1 -race ./cshim/... ./plugin/... ./tools/nasmig-xl/... ./tests/harness/... 2>&1 |
+		tee "${LOGS:-/tmp}/race.log" || fail=1
 	done_step
 	return $fail
 }
@@ -366,7 +399,7 @@ do_test() {
 	local t0 fail=0
 	LOGS=${NASMIG_LOGS:-$CACHE/test-logs}
 	mkdir -p "$LOGS"
-	rm -f "$LOGS/e2e.log" "$LOGS/e2e-asan.log" "$LOGS/xen.log"
+	rm -f "$LOGS"/{unit,race,e2e,e2e-asan,xen}.log
 	t0=$(date +%s)
 	do_build
 	build_guest
@@ -398,6 +431,8 @@ do_test() {
 		for log in "$LOGS/e2e.log" "$LOGS/e2e-asan.log" "$LOGS/xen.log"; do
 			if [ -f "$log" ]; then failed_subtests "$log" || true; fi
 		done
+		printf '\n==> failure recap\n'
+		failure_recap "$LOGS"/{unit,race,e2e,e2e-asan,xen}.log || true
 	fi
 	printf '\n%s after %d s\n' "$([ $fail = 0 ] && echo "ALL TESTS PASSED" || echo "TESTS FAILED")" $(($(date +%s) - t0))
 	return $fail

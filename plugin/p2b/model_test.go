@@ -139,6 +139,8 @@ type model struct {
 	fail   string // the first violation
 
 	reads, racedReads, doubleReads, writes, cpuWrites, queries, refs, staleRefs, syncs, quiesced, restarts, resends atomic.Int64
+
+	drops0, lost0 uint64 // the library's ring drops and lost invalidations at the start
 }
 
 func (md *model) next() uint64 { return md.seq.Add(1) }
@@ -156,10 +158,13 @@ func (md *model) stopped() bool {
 // block involved (callers hold no locks of either, or pass them in).
 func (md *model) violation(p, b int, pageHist, blockHist string, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
+	st := cshim.StatsSnapshot()
 	md.failMu.Lock()
 	if md.fail == "" {
-		md.fail = fmt.Sprintf("seed %d (NASMIG_MODEL_SEED=%d to reuse): %s\n  page %d history:%s\n  block %d history:%s",
-			md.seed, md.seed, msg, p, pageHist, b, blockHist)
+		// Whether ring overflows were in play tells which path to suspect.
+		md.fail = fmt.Sprintf("seed %d (NASMIG_MODEL_SEED=%d to reuse): %s\n  so far: %d reads (%d raced), %d writes, %d syncs (%d quiescent, %d restarts), ring drops %d, lost invalidations %d\n  page %d history:%s\n  block %d history:%s",
+			md.seed, md.seed, msg, md.reads.Load(), md.racedReads.Load(), md.writes.Load(), md.syncs.Load(), md.quiesced.Load(), md.restarts.Load(),
+			st.RingDrops()-md.drops0, cshim.LostInvalidations()-md.lost0, p, pageHist, b, blockHist)
 	}
 	md.failMu.Unlock()
 	md.stopAll()
@@ -445,6 +450,17 @@ func (md *model) checkQuiescent() {
 			continue
 		}
 		b := ps.ref.block
+		// Every way the map forgets a page during a migration (another
+		// page takes its block, the block is written, the map is dropped)
+		// asks for it again; only a new read into the page (which clears
+		// ref here) may move it quietly.  Checked first: it fails where
+		// the resend was lost, before the block changes.
+		if w := atomic.LoadUint64(&cshim.Forward(int(e.rb))[p]); !e.offers(p) || w&cshim.FwdBlockMask != uint64(b) {
+			md.violation(p, b, ps.h.String(), md.blocks[b].h.String(),
+				"page %d went out as a reference to block %d (#%d); the map no longer has it there (forward word %#x) and the page was never marked for resending",
+				p, b, ps.ref.seq, w)
+			return
+		}
 		if cshim.HashPageMig(e.block(b)) != ps.ref.hash {
 			md.violation(p, b, ps.h.String(), md.blocks[b].h.String(),
 				"page %d went out as a reference to block %d (#%d); the block changed since and the page was never marked for resending",
@@ -497,6 +513,7 @@ func TestModelConcurrent(t *testing.T) {
 
 	st0 := cshim.StatsSnapshot()
 	lost0 := cshim.LostInvalidations()
+	md.drops0, md.lost0 = st0.RingDrops(), lost0
 	var wg sync.WaitGroup
 	actor := func(id int, op func(*rand.Rand)) {
 		wg.Add(1)

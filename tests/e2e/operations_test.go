@@ -234,11 +234,11 @@ func snapshotsFlow(t *testing.T, ctx context.Context, p *pair) {
 // identical on both sides.
 func postcopyFlow(t *testing.T, ctx context.Context, p *pair) {
 	uri := startMigration(t, ctx, p, "pc.migrate")
-	waitSourceStatus(t, ctx, p, "active")
+	seen := waitSourceStatus(t, ctx, p, "active")
 	if _, err := p.src.QMP.Execute(ctx, "migrate-start-postcopy", nil); err != nil {
 		t.Fatal(err)
 	}
-	result := waitBothEnd(t, ctx, p, uri)
+	result := waitBothEnd(t, ctx, p, uri, seen)
 	srcInfo, dstInfo := result.Source, result.Destination
 	if srcInfo.Status != "completed" || dstInfo.Status != "completed" {
 		t.Fatalf("postcopy: source %s (%s), destination %s (%s)", srcInfo.Status, srcInfo.ErrorDesc, dstInfo.Status, dstInfo.ErrorDesc)
@@ -270,7 +270,7 @@ func fillAfterGuestRunsFlow(t *testing.T, ctx context.Context, p *pair) {
 		t.Fatal(err)
 	}
 	uri := startMigration(t, ctx, p, "fa.migrate")
-	waitSourceStatus(t, ctx, p, "postcopy-active")
+	seen := waitSourceStatus(t, ctx, p, "postcopy-active")
 	lastSourceBeat, _ := p.src.Heartbeat()
 	mark := p.dst.Serial.Mark()
 	if p.c.stallStorage > 0 {
@@ -295,7 +295,7 @@ func fillAfterGuestRunsFlow(t *testing.T, ctx context.Context, p *pair) {
 	verifyCtx, cancelVerify := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancelVerify()
 	checked, verifyErr := p.dst.Verify(verifyCtx)
-	result := waitBothEnd(t, ctx, p, uri)
+	result := waitBothEnd(t, ctx, p, uri, seen)
 	srcInfo, dstInfo := result.Source, result.Destination
 	if err := p.storage.SetReadLimit(ctx, 0); err != nil {
 		t.Error(err)
@@ -317,8 +317,10 @@ func fillAfterGuestRunsFlow(t *testing.T, ctx context.Context, p *pair) {
 }
 
 // waitBothEnd waits until the migration to uri has ended on both sides,
-// and records it.
-func waitBothEnd(t *testing.T, ctx context.Context, p *pair, uri string) *harness.MigrationResult {
+// and records it.  seen is what the source's status was before (from
+// waitSourceStatus): a postcopy that ends before the next poll would
+// otherwise be recorded as if it had gone straight to completed.
+func waitBothEnd(t *testing.T, ctx context.Context, p *pair, uri string, seen []string) *harness.MigrationResult {
 	t.Helper()
 	waitCtx, cancel := context.WithTimeout(ctx, p.c.opts.Timeout)
 	defer cancel()
@@ -330,22 +332,32 @@ func waitBothEnd(t *testing.T, ctx context.Context, p *pair, uri string) *harnes
 	if err != nil {
 		t.Fatal(err)
 	}
+	for i := len(seen) - 1; i >= 0; i-- {
+		if len(srcInfo.StatusPath) == 0 || srcInfo.StatusPath[0] != seen[i] {
+			srcInfo.StatusPath = append([]string{seen[i]}, srcInfo.StatusPath...)
+		}
+	}
 	result := &harness.MigrationResult{URI: uri, Source: srcInfo, Destination: dstInfo}
 	p.finish(t, result)
 	return result
 }
 
-// waitSourceStatus polls the source's migration until it has status; the
-// migration ending first fails the test.
-func waitSourceStatus(t *testing.T, ctx context.Context, p *pair, status string) {
+// waitSourceStatus polls the source's migration until it has status and
+// returns every distinct status it saw, in order; the migration ending
+// first fails the test.
+func waitSourceStatus(t *testing.T, ctx context.Context, p *pair, status string) []string {
 	t.Helper()
+	var seen []string
 	for {
 		info, err := harness.QueryMigrate(ctx, p.src)
 		if err != nil {
 			t.Fatal(err)
 		}
+		if len(seen) == 0 || seen[len(seen)-1] != info.Status {
+			seen = append(seen, info.Status)
+		}
 		if info.Status == status {
-			return
+			return seen
 		}
 		if terminal(info.Status) {
 			t.Fatalf("migration ended (%s: %s) before it was %s", info.Status, info.ErrorDesc, status)
