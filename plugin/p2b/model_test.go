@@ -32,7 +32,9 @@ import (
 //     find its content in the block at every quiescent bitmap sync (all
 //     writes reported, everything drained): otherwise the destination
 //     would read a block that no longer matches, and the page was never
-//     sent again.
+//     sent again;
+//   - such a page is still mapped to that block at every quiescent sync:
+//     once the map forgets it, no write to the block can reach it.
 //
 // Reads racing with writes to the same block (the write_gen bracket), a
 // block read into a second page, ring overflows (lost invalidations) and
@@ -110,14 +112,33 @@ type sentRef struct {
 	block int
 	hash  [2]uint64
 	seq   uint64
+	gen   uint64 // the page's dirtyGen just before the query
 }
 
 type pageState struct {
-	mu        sync.Mutex
-	lastBlock int    // block of the last read into the page, -1 none
-	lastVer   uint64 // its version then
-	ref       *sentRef
-	h         hist
+	mu        sync.Mutex // held by the operation on the page (QEMU's ordering)
+	lastBlock int        // block of the last read into the page, -1 none
+	lastVer   uint64     // its version then
+	ref       *sentRef   // outstanding while dirtyGen == ref.gen
+	// dirtyGen counts the library's mark_dirty calls for the page.  They
+	// come from the bitmap sync without the page's lock, as in QEMU, where
+	// marking a page dirty waits for nothing: a call after the query's
+	// snapshot means the page goes again.
+	dirtyGen atomic.Uint64
+	hmu      sync.Mutex // guards h
+	h        hist
+}
+
+func (ps *pageState) note(ev event) {
+	ps.hmu.Lock()
+	ps.h.add(ev)
+	ps.hmu.Unlock()
+}
+
+func (ps *pageState) history() string {
+	ps.hmu.Lock()
+	defer ps.hmu.Unlock()
+	return ps.h.String()
 }
 
 type blockState struct {
@@ -252,7 +273,7 @@ func (md *model) read(r *rand.Rand) {
 		bs.mu.Unlock()
 		ps.lastBlock, ps.lastVer = b, ver
 		ps.ref = nil // DMA into guest RAM dirties the page
-		ps.h.add(event{seq, evRead, int64(b), int64(ver)})
+		ps.note(event{seq, evRead, int64(b), int64(ver)})
 		ramOffs[i] = uint64(p) << cshim.PageShift
 		diskOffs[i] = uint64(b) << cshim.PageShift
 		if r.IntN(8) == 0 {
@@ -304,7 +325,7 @@ func (md *model) doubleRead(r *rand.Rand) {
 		bs.mu.Unlock()
 		ps.lastBlock, ps.lastVer = b[i], ver
 		ps.ref = nil
-		ps.h.add(event{seq, evRead, int64(b[i]), int64(ver)})
+		ps.note(event{seq, evRead, int64(b[i]), int64(ver)})
 	}
 	for _, i := range r.Perm(2) {
 		cshim.BlockReadDone(e.disk, e.rb, []uint64{uint64(p) << cshim.PageShift}, []uint64{uint64(b[i]) << cshim.PageShift},
@@ -372,7 +393,7 @@ func (md *model) cpuWrite(r *rand.Rand) {
 		pg[r.IntN(cshim.PageSize)] ^= byte(1 + r.IntN(255))
 	}
 	ps.ref = nil // dirty logging sees CPU writes
-	ps.h.add(event{md.next(), evCPU, 0, 0})
+	ps.note(event{md.next(), evCPU, 0, 0})
 	ps.mu.Unlock()
 	md.cpuWrites.Add(1)
 }
@@ -387,6 +408,7 @@ func (md *model) query(r *rand.Rand) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	md.queries.Add(1)
+	gen := ps.dirtyGen.Load()
 	w, ok := cshim.RefQuery(e.rb, uint64(p)<<cshim.PageShift, unsafe.Pointer(&e.page(p)[0]))
 	if !ok {
 		return
@@ -394,12 +416,12 @@ func (md *model) query(r *rand.Rand) {
 	md.refs.Add(1)
 	ref, err := wire.DecodeRef(w[:])
 	if err != nil || int(ref.Disk) != e.disk || ref.Offset >= modelBlocks*cshim.PageSize {
-		md.violation(p, -1, ps.h.String(), "", "page %d: bad reference record % x (%v)", p, w, err)
+		md.violation(p, -1, ps.history(), "", "page %d: bad reference record % x (%v)", p, w, err)
 		return
 	}
 	b := int(ref.Offset >> cshim.PageShift)
 	if h := cshim.HashPageMig(e.page(p)); h != ref.Hash {
-		md.violation(p, b, ps.h.String(), "", "page %d: reference hash %x, but the page hashes to %x", p, ref.Hash, h)
+		md.violation(p, b, ps.history(), "", "page %d: reference hash %x, but the page hashes to %x", p, ref.Hash, h)
 		return
 	}
 	bs := &md.blocks[b]
@@ -411,15 +433,15 @@ func (md *model) query(r *rand.Rand) {
 		// Allowed only while the write's invalidation is on its way: the
 		// block changed after the read that put this content in the page.
 		if ps.lastBlock != b || bs.ver <= ps.lastVer {
-			md.violation(p, b, ps.h.String(), bs.h.String(),
+			md.violation(p, b, ps.history(), bs.h.String(),
 				"page %d sent as a reference to block %d, whose content differs, and no write to that block followed the page's last read (last read: block %d version %d; block now version %d)",
 				p, b, ps.lastBlock, ps.lastVer, bs.ver)
 			return
 		}
 		md.staleRefs.Add(1)
 	}
-	ps.ref = &sentRef{block: b, hash: ref.Hash, seq: seq}
-	ps.h.add(event{seq, evRef, int64(b), map[bool]int64{false: 0, true: 1}[stale]})
+	ps.ref = &sentRef{block: b, hash: ref.Hash, seq: seq, gen: gen}
+	ps.note(event{seq, evRef, int64(b), map[bool]int64{false: 0, true: 1}[stale]})
 }
 
 // markDirty receives the library's resends (inside Map.Sync).
@@ -432,10 +454,8 @@ func (md *model) markDirty(pr p2b.PageRef) {
 		return
 	}
 	ps := &md.pages[pr.Page]
-	ps.mu.Lock()
-	ps.ref = nil
-	ps.h.add(event{md.next(), evDirty, 0, 0})
-	ps.mu.Unlock()
+	ps.dirtyGen.Add(1)
+	ps.note(event{md.next(), evDirty, 0, 0})
 	md.resends.Add(1)
 }
 
@@ -446,7 +466,7 @@ func (md *model) checkQuiescent() {
 	e := md.e
 	for p := range md.pages {
 		ps := &md.pages[p]
-		if ps.ref == nil {
+		if ps.ref == nil || ps.dirtyGen.Load() != ps.ref.gen {
 			continue
 		}
 		b := ps.ref.block
@@ -456,13 +476,13 @@ func (md *model) checkQuiescent() {
 		// ref here) may move it quietly.  Checked first: it fails where
 		// the resend was lost, before the block changes.
 		if w := atomic.LoadUint64(&cshim.Forward(int(e.rb))[p]); !e.offers(p) || w&cshim.FwdBlockMask != uint64(b) {
-			md.violation(p, b, ps.h.String(), md.blocks[b].h.String(),
+			md.violation(p, b, ps.history(), md.blocks[b].h.String(),
 				"page %d went out as a reference to block %d (#%d); the map no longer has it there (forward word %#x) and the page was never marked for resending",
 				p, b, ps.ref.seq, w)
 			return
 		}
 		if cshim.HashPageMig(e.block(b)) != ps.ref.hash {
-			md.violation(p, b, ps.h.String(), md.blocks[b].h.String(),
+			md.violation(p, b, ps.history(), md.blocks[b].h.String(),
 				"page %d went out as a reference to block %d (#%d); the block changed since and the page was never marked for resending",
 				p, b, ps.ref.seq)
 			return
@@ -584,7 +604,7 @@ func TestModelConcurrent(t *testing.T) {
 			seq := md.next()
 			for p := range md.pages {
 				md.pages[p].ref = nil
-				md.pages[p].h.add(event{seq, evRestart, 0, 0})
+				md.pages[p].note(event{seq, evRestart, 0, 0})
 			}
 			e.m.SetMigrating(true)
 			e.m.Sync()

@@ -10,7 +10,10 @@
 //
 // A block maps to at most one page: a later read of the same block moves
 // the mapping, so that one reverse word per block suffices (24 bytes per
-// tracked page when the disk blocks are dense).
+// tracked page when the disk blocks are dense).  During a migration every
+// page the map stops tracking while it may be out as a reference (its
+// block read into another page, written, or the page moved to another
+// block) is marked dirty at the next bitmap sync.
 package p2b
 
 import (
@@ -230,8 +233,18 @@ func (m *Map) mapPage(rb uint32, page uint64, disk int, block, hash uint64) {
 	// The page's previous mapping goes first; readers see an invalid word
 	// while the reverse side changes.
 	if old := atomic.LoadUint64(&fwd[page]); old&cshim.FwdValid != 0 {
-		m.unmapPage(rb, page, fwdDisk(old), fwdBlock(old))
-		m.clearRevSlot(fwdDisk(old), fwdBlock(old), rb, page)
+		oldDisk, oldBlock := fwdDisk(old), fwdBlock(old)
+		m.unmapPage(rb, page, oldDisk, oldBlock)
+		m.clearRevSlot(oldDisk, oldBlock, rb, page)
+		// This record may be applied after the saver sent the page as a
+		// reference to its old block: the read it reports dirtied the
+		// page, but a later read put the old block's content back before
+		// the saver came (its own record not applied yet, or dropped as
+		// racing a write).  Writes to the old block no longer reach the
+		// page, so send it again.
+		if m.migrating && (oldDisk != disk || oldBlock != block) {
+			m.redirty = append(m.redirty, PageRef{rb, page})
+		}
 	}
 	slot := m.revSlot(disk, block, true)
 	if slot == nil {

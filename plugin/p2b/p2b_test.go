@@ -168,6 +168,11 @@ func TestRemapPageToAnotherBlock(t *testing.T) {
 	if got := e.m.Mapped(); got != 1 {
 		t.Fatalf("Mapped = %d, want 1", got)
 	}
+	// The page may have gone out as a reference to block 10: sent again.
+	e.m.Sync()
+	if got, want := dirtyRec.take(t), e.refs(3); !reflect.DeepEqual(got, want) {
+		t.Fatalf("the remap resent %v, want %v", got, want)
+	}
 	// The old block no longer reaches the page: writing it changes nothing.
 	e.writeBlock(10)
 	e.m.Sync()
@@ -181,6 +186,31 @@ func TestRemapPageToAnotherBlock(t *testing.T) {
 	e.wantRef(3, 20)
 	if got := e.m.Mapped(); got != 1 {
 		t.Fatalf("Mapped = %d after re-reading the same block", got)
+	}
+}
+
+// A page's mapping record applied after the saver answered from the
+// page's older mapping (found by TestModelConcurrent): page 17 reads block
+// 110, then 88, then 110 again, the last read racing a write (no record);
+// the saver sends the page as a reference to 110 before the drainer has
+// applied the read of 88.  Applying it moves the page to block 88, so a
+// later write to 110 can no longer reach it: the move itself must send the
+// page again.
+func TestLateRemapResendsPage(t *testing.T) {
+	e := newEnv(t, "late-remap", 64, 256)
+	e.m.SetMigrating(true)
+	e.read1(17, 110)
+	e.drain()
+	e.read1(17, 88) // queued, not applied yet
+	gen := atomic.LoadUint32(e.gen)
+	e.writeBlock(200)                     // some write to the disk while the next read runs
+	e.readGen([]int{17}, []int{110}, gen) // raced: recorded as nothing
+	e.wantRef(17, 110)                    // answered from the first read's mapping
+	e.drain()
+	e.writeBlock(110)
+	e.m.Sync()
+	if got := dirtyRec.take(t); !slices.Contains(got, e.refs(17)[0]) {
+		t.Fatalf("page 17 went out as a reference to block 110, was moved to block 88 and block 110 was written: resent %v, want page 17 among them", got)
 	}
 }
 
