@@ -219,6 +219,14 @@ func (s *StorageDaemon) SetReadLimit(ctx context.Context, bytesPerSec int64) err
 	return nil
 }
 
+// PID is the daemon's process id (for CPU accounting); 0 before it started.
+func (s *StorageDaemon) PID() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Pause stops the daemon (SIGSTOP): every request to it waits, as with a
 // storage server that stalls; Resume lets it go on.
 func (s *StorageDaemon) Pause() error {

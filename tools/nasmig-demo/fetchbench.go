@@ -41,7 +41,19 @@ type fetchRow struct {
 	PlainMBps    []float64
 	TouchMBps    float64
 	RAMMatch     bool
+	// CPU time while restoring (destination QEMU, storage daemon) and
+	// while the plain reader read as much after it (qemu-img, daemon):
+	// on a shared machine a steadier comparison than the rates.
+	FetchCPU, FetchDaemonCPU, PlainCPU, PlainDaemonCPU time.Duration
 	outcome
+}
+
+// cpuPerGiB is cpu per GiB of n bytes read, in seconds (0 without both).
+func cpuPerGiB(cpu time.Duration, n int64) float64 {
+	if cpu <= 0 || n <= 0 {
+		return 0
+	}
+	return cpu.Seconds() / (float64(n) / (1 << 30))
 }
 
 func (r fetchRow) fetchMBps() float64 {
@@ -138,12 +150,14 @@ func fetchOnce(ctx context.Context, env harness.Env, accel string, o options, pr
 		ns = g.network.Dst
 	}
 	plain := func() error {
-		mbps, err := plainRead(ctx, env, ns, g.storage.URI(), readBytes)
+		daemon0 := cpuTime(g.storage.PID())
+		mbps, cpu, err := plainRead(ctx, env, ns, g.storage.URI(), readBytes)
 		if err != nil {
 			return err
 		}
-		step("plain reader (qemu-img bench, 1 MiB reads, 16 in flight) from the destination host: %s in %.0f MB/s",
-			humanBytes(readBytes), mbps)
+		r.PlainCPU, r.PlainDaemonCPU = cpu, cpuTime(g.storage.PID())-daemon0
+		step("plain reader (qemu-img bench, 1 MiB reads, 16 in flight) from the destination host: %s in %.0f MB/s; CPU %.2f s, storage daemon %.2f s",
+			humanBytes(readBytes), mbps, r.PlainCPU.Seconds(), r.PlainDaemonCPU.Seconds())
 		r.PlainMBps = append(r.PlainMBps, mbps)
 		return nil
 	}
@@ -157,6 +171,7 @@ func fetchOnce(ctx context.Context, env harness.Env, accel string, o options, pr
 	}
 	step("restoring on the destination (migrate-incoming file:): every reference read over the storage link and verified")
 	t0 := time.Now()
+	dstCPU0, daemon0 := cpuTime(dst.PID()), cpuTime(g.storage.PID())
 	if _, err := dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "file:" + state, "exit-on-error": false}); err != nil {
 		return fail(err)
 	}
@@ -165,14 +180,16 @@ func fetchOnce(ctx context.Context, env harness.Env, accel string, o options, pr
 		return fail(err)
 	}
 	r.RestoreMs = time.Since(t0).Milliseconds()
+	r.FetchCPU, r.FetchDaemonCPU = cpuTime(dst.PID())-dstCPU0, cpuTime(g.storage.PID())-daemon0
 	if restored.Status != "completed" {
 		return fail(fmt.Errorf("restore: status %s (%s)", restored.Status, restored.ErrorDesc))
 	}
 	if d := restored.DiskRefs; d != nil {
 		r.FetchedPages, r.FetchBytes, r.FetchReads, r.FetchTimeMs = d.FetchedPages, d.FetchBytes, d.FetchReads, d.FetchTimeMs
 	}
-	step("restored in %d ms: %d references fetched, %s in %d reads, fetch %d ms (%.0f MB/s)", r.RestoreMs, r.FetchedPages,
-		humanBytes(r.FetchBytes), r.FetchReads, r.FetchTimeMs, r.fetchMBps())
+	step("restored in %d ms: %d references fetched, %s in %d reads, fetch %d ms (%.0f MB/s); CPU: destination QEMU %.2f s, storage daemon %.2f s",
+		r.RestoreMs, r.FetchedPages, humanBytes(r.FetchBytes), r.FetchReads, r.FetchTimeMs, r.fetchMBps(),
+		r.FetchCPU.Seconds(), r.FetchDaemonCPU.Seconds())
 	if err := plain(); err != nil {
 		return fail(err)
 	}
@@ -196,27 +213,31 @@ func fetchOnce(ctx context.Context, env harness.Env, accel string, o options, pr
 var benchDone = regexp.MustCompile(`Run completed in ([0-9.]+) seconds`)
 
 // plainRead reads n bytes (rounded up to MiB) of the export from namespace
-// ns with qemu-img bench and returns MB/s.
-func plainRead(ctx context.Context, env harness.Env, ns, uri string, n int64) (float64, error) {
+// ns with qemu-img bench and returns MB/s and the reader's CPU time.
+func plainRead(ctx context.Context, env harness.Env, ns, uri string, n int64) (float64, time.Duration, error) {
 	count := (n + 1<<20 - 1) >> 20
 	cmd := harness.NetNSCommand(ns, env.QEMUImgBinary(), "bench", "-f", "raw", "-c", strconv.FormatInt(count, 10),
 		"-d", "16", "-s", "1M", uri)
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
-		return 0, ctx.Err()
+		return 0, 0, ctx.Err()
 	}
 	if err != nil {
-		return 0, fmt.Errorf("qemu-img bench: %w: %s", err, out)
+		return 0, 0, fmt.Errorf("qemu-img bench: %w: %s", err, out)
 	}
 	m := benchDone.FindSubmatch(out)
 	if m == nil {
-		return 0, fmt.Errorf("qemu-img bench: no time in its output: %s", out)
+		return 0, 0, fmt.Errorf("qemu-img bench: no time in its output: %s", out)
 	}
 	secs, err := strconv.ParseFloat(string(m[1]), 64)
 	if err != nil || secs <= 0 {
-		return 0, fmt.Errorf("qemu-img bench: bad time %q", m[1])
+		return 0, 0, fmt.Errorf("qemu-img bench: bad time %q", m[1])
 	}
-	return float64(count<<20) / 1e6 / secs, nil
+	var cpu time.Duration
+	if st := cmd.ProcessState; st != nil {
+		cpu = st.UserTime() + st.SystemTime()
+	}
+	return float64(count<<20) / 1e6 / secs, cpu, nil
 }
 
 // firstTouchMBps is the rate of touching n bytes of fresh memory: what
@@ -245,8 +266,8 @@ func fetchSummary(o options, rows []fetchRow) string {
 	}
 	b.WriteString("\n")
 	b.WriteString("| network | runs ok | references | MiB fetched | mean read KiB | read amplification | fetch MB/s " +
-		"| plain reader MB/s | fetch / plain | first touch MB/s | restore ms |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+		"| plain reader MB/s | fetch / plain | first touch MB/s | restore ms | CPU s per GiB: fetch (QEMU + daemon) | plain reader (qemu-img + daemon) |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, p := range o.profiles {
 		med := func(f func(fetchRow) float64) float64 { v, _ := fetchMedian(rows, p, f); return v }
 		fetch, n := fetchMedian(rows, p, fetchRow.fetchMBps)
@@ -267,10 +288,19 @@ func fetchSummary(o options, rows []fetchRow) string {
 			}
 			return float64(r.FetchBytes) / float64(r.FetchedPages*4096)
 		})
-		fmt.Fprintf(&b, "| %s | %d of %d | %.0f | %.1f | %.0f | %.3f | %.0f | %.0f | %s | %.0f | %.0f |\n", p, n, o.runs,
+		// The plain reader read RefPages*4096 bytes (rounded up to MiB).
+		perGiB := func(a, b func(fetchRow) time.Duration, bytes func(fetchRow) int64) string {
+			return fmt.Sprintf("%.2f + %.2f", med(func(r fetchRow) float64 { return cpuPerGiB(a(r), bytes(r)) }),
+				med(func(r fetchRow) float64 { return cpuPerGiB(b(r), bytes(r)) }))
+		}
+		fetched := func(r fetchRow) int64 { return r.FetchBytes }
+		plainBytes := func(r fetchRow) int64 { return r.RefPages * 4096 }
+		fmt.Fprintf(&b, "| %s | %d of %d | %.0f | %.1f | %.0f | %.3f | %.0f | %.0f | %s | %.0f | %.0f | %s | %s |\n", p, n, o.runs,
 			med(func(r fetchRow) float64 { return float64(r.RefPages) }),
 			med(func(r fetchRow) float64 { return float64(r.FetchBytes) / (1 << 20) }), meanRead, amp, fetch, plain, ratio,
-			med(func(r fetchRow) float64 { return r.TouchMBps }), med(func(r fetchRow) float64 { return float64(r.RestoreMs) }))
+			med(func(r fetchRow) float64 { return r.TouchMBps }), med(func(r fetchRow) float64 { return float64(r.RestoreMs) }),
+			perGiB(func(r fetchRow) time.Duration { return r.FetchCPU }, func(r fetchRow) time.Duration { return r.FetchDaemonCPU }, fetched),
+			perGiB(func(r fetchRow) time.Duration { return r.PlainCPU }, func(r fetchRow) time.Duration { return r.PlainDaemonCPU }, plainBytes))
 	}
 	for _, r := range rows {
 		if r.Error != "" {
@@ -288,7 +318,8 @@ func writeFetchResults(o options, rows []fetchRow) error {
 		return err
 	}
 	header := []string{"profile", "run", "ref_pages", "fetched_pages", "fetch_bytes", "fetch_reads", "fetch_time_ms", "fetch_mbps",
-		"plain_mbps", "first_touch_mbps", "restore_ms", "save_bytes", "ram_match", "error"}
+		"plain_mbps", "first_touch_mbps", "restore_ms", "save_bytes", "fetch_cpu_ms", "fetch_daemon_cpu_ms", "plain_cpu_ms",
+		"plain_daemon_cpu_ms", "ram_match", "error"}
 	i64 := func(v int64) string { return strconv.FormatInt(v, 10) }
 	f1 := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
 	return writeCSV(filepath.Join(o.out, "fetch.csv"), header, rows, func(r fetchRow) []string {
@@ -298,6 +329,7 @@ func writeFetchResults(o options, rows []fetchRow) error {
 		}
 		return []string{r.Profile, strconv.Itoa(r.Run), i64(r.RefPages), i64(r.FetchedPages), i64(r.FetchBytes), i64(r.FetchReads),
 			i64(r.FetchTimeMs), f1(r.fetchMBps()), strings.Join(plain, " "), f1(r.TouchMBps), i64(r.RestoreMs), i64(r.SaveBytes),
-			strconv.FormatBool(r.RAMMatch), r.Error}
+			i64(r.FetchCPU.Milliseconds()), i64(r.FetchDaemonCPU.Milliseconds()), i64(r.PlainCPU.Milliseconds()),
+			i64(r.PlainDaemonCPU.Milliseconds()), strconv.FormatBool(r.RAMMatch), r.Error}
 	})
 }
