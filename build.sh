@@ -32,14 +32,20 @@ die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 # CI keeps only a part of a long run's output: after a failure, print
 # each failed Go subtest's own lines again at the end, where they survive.
 # $1 is a `go test -v` log; the subtests of a case run one at a time.
+# subtest_lines LOG NAME: what test NAME printed in a go test -v log (the
+# lines under its "=== RUN", up to the next test's marker).
+subtest_lines() {
+	awk -v run="=== RUN   $2" '
+		$0 == run { on = 1; next }
+		on && /^=== (RUN|NAME|PAUSE|CONT) / { on = 0 }
+		on { print }' "$1"
+}
+
 failed_subtests() {
 	local name
 	grep -oE -- '--- FAIL: [^ ]+/[^ ]+' "$1" | awk '{print $3}' | while read -r name; do
 		printf '\n--- what %s printed (from %s):\n' "$name" "$1"
-		awk -v run="=== RUN   $name" '
-			$0 == run { on = 1; print; next }
-			on && /^=== (RUN|NAME|PAUSE|CONT) / { on = 0 }
-			on { print }' "$1" | tail -n 80
+		{ printf '=== RUN   %s\n' "$name"; subtest_lines "$1" "$name"; } | tail -n 80
 	done
 }
 
@@ -60,10 +66,8 @@ failure_recap() {
 		for name in $names; do
 			printf 'FAILED %s (%s):\n' "$name" "$(basename "$log")"
 			if grep -qxF -- "=== RUN   $name" "$log"; then
-				awk -v run="=== RUN   $name" '
-					$0 == run { on = 1; next }
-					on && /^=== (RUN|NAME|PAUSE|CONT) / { on = 0 }
-					on && !/ took [0-9.]+ s: status|run failed, logs kept|^ *--- (FAIL|PASS|SKIP)|^(FAIL|ok|PASS)/ { print }' "$log" | tail -n 5
+				subtest_lines "$log" "$name" |
+					grep -vE ' took [0-9.]+ s: status|run failed, logs kept|^ *--- (FAIL|PASS|SKIP)|^(FAIL|ok|PASS)' | tail -n 5
 			else
 				awk -v fail="--- FAIL: $name " '
 					index($0, fail) == 1 { on = 1; n = 0; next }
