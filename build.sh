@@ -74,8 +74,35 @@ failure_recap() {
 					on && (/^(---|===|FAIL|ok|PASS)/ || ++n > 4) { on = 0 }
 					on { print }' "$log"
 			fi | cut -c1-300
+			# A QEMU that hung: its threads, one line each (CI keeps
+			# only the end of a long run's output).
+			subtest_lines "$log" "$name" | grep -oE '[^ ()]+[.]stacks[.]txt' | sort -u |
+				while read -r stacks; do
+					[ -f "$stacks" ] || continue
+					printf '    threads of %s (top frames, innermost first):\n' "$(basename "$stacks")"
+					stack_digest "$stacks" | cut -c1-300
+				done
 		done
 	done
+}
+
+# stack_digest FILE: gdb's "thread apply all bt" as one line per thread,
+# its name and innermost six functions.
+stack_digest() {
+	awk '
+		/^Thread [0-9]+ / {
+			if (line != "") print line
+			name = ""
+			if (match($0, /"[^"]*"/)) name = substr($0, RSTART, RLENGTH)
+			line = "      T" $2 " " name ":"; n = 0; next
+		}
+		/^#[0-9]+ / && n < 6 {
+			f = $0
+			if (f ~ / in /) sub(/.* in /, "", f); else sub(/^#[0-9]+ +/, "", f)
+			sub(/ .*/, "", f)
+			line = line " " f; n++
+		}
+		END { if (line != "") print line }' "$1"
 }
 
 usage() {

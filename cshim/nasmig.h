@@ -209,7 +209,10 @@ enum nasmig_postcopy_stage {
     X(WRITE_RECORD_LOST, 6, "write-record-lost",                              \
       "source library: a disk write's invalidation is silently lost")         \
     X(SETUP_CUT_SHORT, 7, "setup-cut-short",                                  \
-      "source glue: the nasmig setup section is sent cut to half")
+      "source glue: the nasmig setup section is sent cut to half")            \
+    X(RP_PAGE_REQUEST_FAILS, 8, "rp-page-request-fails",                      \
+      "source glue: a postcopy page request fails, which ends the return "    \
+      "path (as a request naming no RAM block would)")
 
 enum nasmig_fault {
     NASMIG_FAULT_NONE = 0,

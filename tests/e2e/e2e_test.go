@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -563,6 +564,21 @@ func cases() []e2eCase {
 				}
 				staleReferenceFlow(t, ctx, p)
 			},
+		}),
+		// 16e with the source's return path ending at the first page
+		// request after the switch (the source refuses it, as it refused
+		// a request that overtook the one naming its RAM block, which
+		// hung CI's 16j): no count and no request arrive any more.  The
+		// migration must pause as postcopy does for a broken channel (not
+		// hang, not complete with references unfilled, not fail and
+		// restart the source), and postcopy recovery must then complete
+		// it with identical RAM.
+		nasmigBothSides(e2eCase{
+			name: "16k-fill-after-switchover-return-path-lost", workload: "pagecache-read", slowStorage: 30_000_000,
+			srcFault: "rp-page-request-fails", dstFault: "dest-read-corrupt:*",
+			opts: harness.MigrateOpts{Caps: map[string]bool{"postcopy-ram": true, "x-disk-refs-after-switchover": true},
+				Timeout: 3 * time.Minute},
+			flow: returnPathLostFlow,
 		}),
 		nasmigBothSides(e2eCase{
 			name: "17-exec-no-return-path", workload: "pagecache-read", flow: execFlow,
@@ -1396,6 +1412,16 @@ func staleReferenceFlow(t *testing.T, ctx context.Context, p *pair) {
 		// answers QMP.
 		srcStatus := quickStatus(ctx, t, p, p.src)
 		dstStatus := quickStatus(ctx, t, p, p.dst)
+		// The side that still answers holds the other half of a hang.
+		for _, vm := range []*harness.VM{p.src, p.dst} {
+			path := p.run.Path(vm.Config.Name + ".stacks.txt")
+			if _, err := os.Stat(path); err == nil {
+				continue
+			}
+			if stacks, err := dumpStacks(ctx, vm, path); err == nil {
+				t.Logf("vm %s answers; its thread stacks in %s", vm.Config.Name, stacks)
+			}
+		}
 		srcMig, dstMig := "?", "?"
 		if r.result != nil {
 			srcMig, dstMig = r.result.Source.Status, r.result.Destination.Status
@@ -1409,6 +1435,66 @@ func staleReferenceFlow(t *testing.T, ctx context.Context, p *pair) {
 			"failed on the source with the source running; error: %v",
 			srcMig, srcStatus, dstMig, dstStatus, o.dst.VerifyFailures, o.dst.Fallbacks, r.err)
 	}
+}
+
+// returnPathLostFlow: case 16k.  Both sides must reach postcopy-paused
+// (the source saying why), then migrate-recover on the destination and
+// migrate resume=true on the source over a new socket must complete the
+// migration, the RAM identical and the guest running on there.
+func returnPathLostFlow(t *testing.T, ctx context.Context, p *pair) {
+	if err := p.storage.SetReadLimit(ctx, p.c.slowStorage); err != nil {
+		t.Fatal(err)
+	}
+	startMigration(t, ctx, p, "migrate.sock")
+	pauseCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	seen := waitSourceStatus(t, pauseCtx, p, "postcopy-paused")
+	cancel()
+	info, err := harness.QueryMigrate(ctx, p.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("source paused after %v: %s", seen, info.ErrorDesc)
+	if !strings.Contains(p.src.LogTail(200), "the return path ended") {
+		t.Errorf("the source's log does not say the return path ended:\n%s", p.src.LogTail(20))
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		d, err := harness.QueryMigrate(ctx, p.dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Status == "postcopy-paused" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("destination %s (%s), 30 s after the source paused: want postcopy-paused", d.Status, d.ErrorDesc)
+		}
+	}
+	if err := p.storage.SetReadLimit(ctx, 0); err != nil {
+		t.Error(err)
+	}
+	uri := "unix:" + filepath.Join(filepath.Dir(p.dst.Paths.QMPSocket), "recover.sock")
+	if _, err := p.dst.QMP.Execute(ctx, "migrate-recover", map[string]any{"uri": uri}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.src.QMP.Execute(ctx, "migrate", map[string]any{"uri": uri, "resume": true}); err != nil {
+		t.Fatal(err)
+	}
+	result := waitBothEnd(t, ctx, p, uri, seen)
+	if result.Source.Status != "completed" || result.Destination.Status != "completed" {
+		t.Fatalf("after the recovery: source %s (%s), destination %s (%s)",
+			result.Source.Status, result.Source.ErrorDesc, result.Destination.Status, result.Destination.ErrorDesc)
+	}
+	requireFaultFired(t, p.src, "outgoing migration ended", "rp-page-request-fails")
+	expectStatus(t, ctx, p.src, "postmigrate")
+	expectStatus(t, ctx, p.dst, "paused")
+	compareRAM(t, ctx, p)
+	o := outcomeOf(result)
+	if o.dst.PendingPages != 0 {
+		t.Errorf("destination pending-pages %d: want 0", o.dst.PendingPages)
+	}
+	t.Logf("destination: %d verify failures, %d filled and %d from the source after the switch",
+		o.dst.VerifyFailures, o.dst.FilledAfterSwitchover, o.dst.FromSourceAfterSwitchover)
+	resumeAndVerify(t, ctx, p)
 }
 
 // quickStatus asks vm's run state with a 5 s limit. A QEMU that does not
