@@ -461,6 +461,9 @@ func nasmigDestCleanup(failed C.int) {
 		Uint64("verify_failures", st.VerifyFailures()).Uint64("fallbacks", st.Fallbacks()).
 		Int("sync_waits", t.FlushWaits).Dur("sync_wait_total", t.FlushWaitTotal).Dur("sync_wait_max", t.FlushWaitMax).
 		Int("refs_after_caught_up", t.RefsAfter)
+	if t.AsksFailed > 0 {
+		ev = ev.Int("asks_not_sent", t.AsksFailed)
+	}
 	if !t.FinishSeen.IsZero() && !t.FinishDone.IsZero() {
 		ev = ev.Dur("verification_gate_wait", t.FinishDone.Sub(t.FinishSeen)).Int("fetch_pending_at_gate", t.GatePending)
 	}

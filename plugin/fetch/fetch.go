@@ -40,7 +40,11 @@ const (
 	// touchedRecently: how long after a fault reads stay small.
 	touchedRecently = 250 * time.Millisecond
 	maxErrors       = 8 // messages kept for the report
-	maxFillers      = 4
+	// maxPageLines: failed references logged one by one (Info); past
+	// them Debug only, the end-of-migration line counts them all (a
+	// migration whose blocks were overwritten fails tens of thousands).
+	maxPageLines = 8
+	maxFillers   = 4
 )
 
 type item struct {
@@ -88,6 +92,8 @@ type Fetcher struct {
 	free     []*cshim.CBuf
 	errs     []string
 	nerrs    int
+	// pageLines: failed references logged so far (maxPageLines).
+	pageLines int
 
 	// Switchover: the source holds it until this side reports that the
 	// fetch has caught up with every reference it sent (reportCaughtUp),
@@ -144,6 +150,9 @@ type Timings struct {
 	// queue for pages the guest touched, and pages asked from the source
 	// (past the fault fallback, or fill-after-max).
 	FaultReads, FaultsAsked int
+	// AsksFailed: requests for a page in full that could not be sent (no
+	// return path, or a postcopy pause: QEMU resends what it recorded).
+	AsksFailed int
 }
 
 // Timings returns the waits so far (call after Stop, or from the worker).
@@ -616,11 +625,7 @@ func (f *Fetcher) postcopyTick() {
 // full; false when the message could not be sent.
 func (f *Fetcher) askSource(r *cshim.FetchReq) bool {
 	if f.placing {
-		if err := cshim.RequestPage(r.RAMBlock(), r.Page()<<cshim.PageShift); err != nil {
-			f.log.Warn().Err(err).Msg("cannot ask the source for a page")
-			return false
-		}
-		return true
+		return f.requestPage(r.RAMBlock(), r.Page())
 	}
 	msg, err := wire.EncodeResend(uint8(r.SrcDisk()), r.Block()<<cshim.PageShift, r.Page()<<cshim.PageShift,
 		cshim.RAMBlockName(int(r.RAMBlock())))
@@ -628,10 +633,28 @@ func (f *Fetcher) askSource(r *cshim.FetchReq) bool {
 		err = cshim.SendToSource(msg)
 	}
 	if err != nil {
-		f.log.Warn().Err(err).Msg("cannot ask the source for a page")
+		f.askFailed(err)
 		return false
 	}
 	return true
+}
+
+// requestPage asks the source for a page through postcopy's page request.
+func (f *Fetcher) requestPage(rb uint32, page uint64) bool {
+	if err := cshim.RequestPage(rb, page<<cshim.PageShift); err != nil {
+		f.askFailed(err)
+		return false
+	}
+	return true
+}
+
+// askFailed: a request could not be sent.  A return path that is gone
+// fails every request after it: the first one is logged, all are counted.
+func (f *Fetcher) askFailed(err error) {
+	if f.timings.AsksFailed == 0 {
+		f.log.Warn().Err(err).Msg("cannot ask the source for a page (later failures are counted in the end-of-migration line)")
+	}
+	f.timings.AsksFailed++
 }
 
 // fail parks items for a re-read, or, for items that were already re-read,
@@ -645,10 +668,20 @@ func (f *Fetcher) fail(items []item, reason string) {
 			continue // a later record replaced this reference
 		}
 		if !it.retry {
+			f.pageLines++
+			level := zerolog.InfoLevel
+			if f.pageLines > maxPageLines {
+				level = zerolog.DebugLevel
+			} else if f.pageLines == maxPageLines {
+				reason += " (further failed references are logged at debug level only)"
+			}
 			if f.hold && f.askSource(&r) {
-				f.log.Info().Str("where", where).Str("reason", reason).Msg("disk reference failed; asked the source for the page")
+				f.log.WithLevel(level).Str("where", where).Str("reason", reason).Msg("disk reference failed; asked the source for the page")
 			} else {
-				f.log.Warn().Str("where", where).Str("reason", reason).Msg("disk reference failed; will re-read after the source's final flush")
+				if level == zerolog.InfoLevel {
+					level = zerolog.WarnLevel
+				}
+				f.log.WithLevel(level).Str("where", where).Str("reason", reason).Msg("disk reference failed; will re-read after the source's final flush")
 			}
 			// Kept for the final re-read, in case the page never comes.
 			f.failed = append(f.failed, item{req: r})

@@ -1,11 +1,16 @@
 package fetch
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"nasmig/cshim"
 )
@@ -161,5 +166,21 @@ func TestBacklogTakeBack(t *testing.T) {
 	}
 	if got := q.takeBack(10); got != nil {
 		t.Fatalf("an empty backlog gave back %d", len(got))
+	}
+}
+
+// A return path that is gone fails every request after it: the first is
+// logged, every one is counted for the end-of-migration line.
+func TestAskFailedLogsOnceCountsAll(t *testing.T) {
+	var out bytes.Buffer
+	f := &Fetcher{log: zerolog.New(&out)}
+	for i := 0; i < 5; i++ {
+		f.askFailed(errors.New("no return path"))
+	}
+	if got := f.Timings().AsksFailed; got != 5 {
+		t.Errorf("AsksFailed %d, want 5", got)
+	}
+	if lines := strings.Count(out.String(), "\n"); lines != 1 || !strings.Contains(out.String(), `"level":"warn"`) {
+		t.Errorf("want one warning, got %d lines:\n%s", lines, out.String())
 	}
 }

@@ -208,9 +208,7 @@ func (f *Fetcher) touchArrived(rb uint32, page uint64, now time.Time) {
 	r, ok := t.lookup(rb, page)
 	if !ok {
 		// Not a reference this side knows: the source has the page.
-		if err := cshim.RequestPage(rb, page<<cshim.PageShift); err != nil {
-			f.log.Warn().Err(err).Msg("cannot ask the source for a page the guest touched")
-		}
+		f.requestPage(rb, page)
 		t.asked++
 		return
 	}
@@ -249,9 +247,7 @@ func (f *Fetcher) touchSettle(now time.Time) bool {
 			w.asked = true
 			asked = true
 			t.asked++
-			if err := cshim.RequestPage(w.req.RAMBlock(), w.req.Page()<<cshim.PageShift); err != nil {
-				f.log.Warn().Err(err).Msg("cannot ask the source for a page the guest touched")
-			}
+			f.requestPage(w.req.RAMBlock(), w.req.Page())
 		}
 	}
 	return asked
@@ -280,8 +276,7 @@ func (f *Fetcher) askAllWaiting() {
 			if pending[i] == 0 {
 				continue
 			}
-			if err := cshim.RequestPage(reqs[i].RAMBlock(), reqs[i].Page()<<cshim.PageShift); err != nil {
-				f.log.Error().Err(err).Msg("fill-after-max: cannot ask the source for a page")
+			if !f.requestPage(reqs[i].RAMBlock(), reqs[i].Page()) {
 				continue
 			}
 			asked++
