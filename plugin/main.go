@@ -63,7 +63,15 @@ var lib struct {
 	sendFullAsked     uint64
 	sendFullAskedSeen uint64
 	sendFullLeft      int64
+	// resendsAsked: pages the destination asked for in full (a reference
+	// that failed there) in this migration; the first few are logged.
+	resendsAsked uint64
 }
+
+// maxResendLines: pages asked for in full logged one by one (Info); the
+// end-of-migration line counts them all (a migration whose blocks were
+// overwritten behind QEMU's back asks for tens of thousands).
+const maxResendLines = 8
 
 func cError(buf *C.char, n C.size_t, msg string) {
 	if n == 0 {
@@ -206,6 +214,7 @@ func nasmigSourceSetup(mode C.uint32_t, buf *C.uint8_t, length *C.uint32_t) C.in
 	cshim.StatsReset()
 	lib.holdStart, lib.holdExpired = time.Time{}, false
 	lib.sendFullAsked, lib.sendFullAskedSeen, lib.sendFullLeft = 0, 0, 0
+	lib.resendsAsked = 0
 	cshim.SendFullReset()
 	// Only disks the destination hears of now may be referenced: one whose
 	// first read comes later is sent in full for this migration.
@@ -243,7 +252,18 @@ func nasmigSourceMessage(buf *C.uint8_t, length C.size_t) {
 		if rb, ok := cshim.RAMBlockByName(m.RAMBlock); ok {
 			cshim.MarkDirty(rb, m.RAMOffset, cshim.PageSize)
 		}
-		lib.log.Info().Str("ramblock", m.RAMBlock).Uint64("ram_offset", m.RAMOffset).Uint64("disk_offset", m.DiskOffset).Msg("the destination asked for a page in full")
+		lib.mu.Lock()
+		lib.resendsAsked++
+		n := lib.resendsAsked
+		lib.mu.Unlock()
+		level, msg := zerolog.InfoLevel, "the destination asked for a page in full"
+		switch {
+		case n > maxResendLines:
+			level = zerolog.DebugLevel
+		case n == maxResendLines:
+			msg += " (further ones are logged at debug level only)"
+		}
+		lib.log.WithLevel(level).Str("ramblock", m.RAMBlock).Uint64("ram_offset", m.RAMOffset).Uint64("disk_offset", m.DiskOffset).Msg(msg)
 	case cshim.RPSendFull:
 		n := cshim.SendFull(int(m.Disk), m.DiskOffset>>cshim.PageShift, uint64(m.Blocks))
 		lib.mu.Lock()
@@ -378,6 +398,9 @@ func nasmigSourceCleanup(failed C.int) {
 	}
 	if lib.sendFullAsked > 0 {
 		ev = ev.Uint64("sent_full_asked_blocks", lib.sendFullAsked).Uint64("sent_full", st.SentFull())
+	}
+	if lib.resendsAsked > 0 {
+		ev = ev.Uint64("pages_asked_in_full", lib.resendsAsked)
 	}
 	lib.mu.Unlock()
 	cshim.SendFullReset()
