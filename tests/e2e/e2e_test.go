@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -1472,7 +1471,7 @@ func returnPathLostFlow(t *testing.T, ctx context.Context, p *pair) {
 	if err := p.storage.SetReadLimit(ctx, 0); err != nil {
 		t.Error(err)
 	}
-	uri := "unix:" + filepath.Join(filepath.Dir(p.dst.Paths.QMPSocket), "recover.sock")
+	uri := p.socketURI("recover.sock")
 	if _, err := p.dst.QMP.Execute(ctx, "migrate-recover", map[string]any{"uri": uri}); err != nil {
 		t.Fatal(err)
 	}

@@ -371,7 +371,7 @@ func waitSourceStatus(t *testing.T, ctx context.Context, p *pair, status string)
 // destination's sockets, without waiting for it; it returns the URI.
 func startMigration(t *testing.T, ctx context.Context, p *pair, name string) string {
 	t.Helper()
-	uri := "unix:" + filepath.Join(filepath.Dir(p.dst.Paths.QMPSocket), name)
+	uri := p.socketURI(name)
 	for _, vm := range []*harness.VM{p.src, p.dst} {
 		if err := harness.Configure(ctx, vm, p.c.opts); err != nil {
 			t.Fatal(err)
@@ -384,6 +384,12 @@ func startMigration(t *testing.T, ctx context.Context, p *pair, name string) str
 		t.Fatal(err)
 	}
 	return uri
+}
+
+// socketURI is a migration URI for the unix socket name next to the
+// destination's sockets.
+func (p *pair) socketURI(name string) string {
+	return "unix:" + filepath.Join(filepath.Dir(p.dst.Paths.QMPSocket), name)
 }
 
 func terminal(status string) bool {
