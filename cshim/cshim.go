@@ -6,8 +6,8 @@
 // batch, never once per guest page on QEMU's paths.  Each Go file wraps the
 // C file of its name (hash, ring, tables, inflight, track, query, dest,
 // host, fault).  Go writes none of C's globals itself, nor reads atomically
-// one that C writes: small C accessors (shim.h) do.  cbuf.go is the C
-// memory QEMU reads disks into.
+// one that C writes: small C accessors (shim.h) do.  fill.go is the C
+// memory QEMU reads disks into, and the fill threads that empty it.
 package cshim
 
 /*

@@ -379,18 +379,13 @@ static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf)
 }
 
 /*
- * Verifies each block against its reference and fills the page.  A page
- * whose generation moved on (a later record) is left alone.
+ * Verifies a block against its reference and fills the page (a fill
+ * thread's step, fill.c).  A page whose generation moved on (a later
+ * record) is left alone.
  */
-void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
-                        const uint8_t *const *bufs, uint8_t *results)
+uint8_t nasmig_fill_one(const struct nasmig_fetch_req *r, const uint8_t *block)
 {
-    unsigned i;
-
-    for (i = 0; i < n; i++) {
-        results[i] = ref_holds(&reqs[i], bufs[i]) ?
-                     fill_page(&reqs[i], bufs[i]) : NASMIG_MISMATCH;
-    }
+    return ref_holds(r, block) ? fill_page(r, block) : NASMIG_MISMATCH;
 }
 
 static int page_waits(const uint32_t *st, uint64_t page)

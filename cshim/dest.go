@@ -32,24 +32,6 @@ type FetchDone C.struct_nasmig_fetch_done
 func (d *FetchDone) Cookie() uint64 { return uint64(d.cookie) }
 func (d *FetchDone) Ret() int64     { return int64(d.ret) }
 
-// FillVerify checks each block (the page at offs[i] in buf) against its
-// reference and fills the still-current pages; results get one Fill* code
-// per page.
-func FillVerify(reqs []FetchReq, buf *CBuf, offs []uint64, results []uint8) {
-	if len(reqs) == 0 {
-		return
-	}
-	// The blocks are outside the Go heap, but a slice holding their
-	// addresses would be Go memory: build the array in C memory so C never
-	// sees a Go pointer to pointers.
-	cb := (*[1 << 20]unsafe.Pointer)(C.malloc(C.size_t(len(offs)) * C.size_t(unsafe.Sizeof(uintptr(0)))))
-	defer C.free(unsafe.Pointer(cb))
-	for i, off := range offs {
-		cb[i] = buf.at(off, PageSize)
-	}
-	C.nasmig_fill_verify((*C.struct_nasmig_fetch_req)(&reqs[0]), C.uint(len(reqs)), (**C.uint8_t)(unsafe.Pointer(cb)), (*C.uint8_t)(unsafe.Pointer(&results[0])))
-}
-
 // FailPage marks a reference failed (awaiting a re-read); false if a later
 // record already replaced it.
 func FailPage(r *FetchReq) bool { return C.nasmig_fail_page((*C.struct_nasmig_fetch_req)(r)) != 0 }

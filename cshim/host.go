@@ -51,15 +51,6 @@ func MarkDirtyPages(rbs []uint32, pages []uint64) {
 	C.nasmig_call_mark_dirty_pages(&crbs[0], &cpages[0], C.uint(n))
 }
 
-// ReadDisk starts an asynchronous read through QEMU of length bytes into
-// buf at bufOff; buf must outlive the read (until its completion is popped).
-func ReadDisk(disk uint32, off uint64, buf *CBuf, bufOff, length uint64, cookie uint64) error {
-	if rc := C.nasmig_call_read_disk(C.uint32_t(disk), C.uint64_t(off), buf.at(bufOff, length), C.uint64_t(length), C.uint64_t(cookie)); rc < 0 {
-		return fmt.Errorf("read of %d bytes at %#x of disk %d: errno %d", length, off, disk, -rc)
-	}
-	return nil
-}
-
 // AttachDisk finds the destination's node for a source disk; track is the
 // node's tracking handle on this side (-1 when untracked).
 func AttachDisk(filename string, size uint64) (handle, track int, err error) {

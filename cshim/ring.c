@@ -151,5 +151,5 @@ unsigned nasmig_touch_pop(struct nasmig_touch_req *out, unsigned max)
 int nasmig_fetch_work_ready(void)
 {
     return ring_ready(&nasmig_req_ring) || ring_ready(&nasmig_done_ring) ||
-           ring_ready(&nasmig_touch_ring);
+           ring_ready(&nasmig_touch_ring) || nasmig_fill_ready();
 }

@@ -148,7 +148,7 @@ struct nasmig_fetch_done {
     uint64_t cookie;
     int64_t ret;
 };
-/* Result of nasmig_fill_verify per page. */
+/* Result of a fill, per page (nasmig_fill_one). */
 enum nasmig_fill_result {
     NASMIG_FILLED = 0,
     NASMIG_SUPERSEDED = 1, /* a later record replaced the reference */
@@ -288,8 +288,24 @@ uint64_t nasmig_touch_bucket_top_of(uint64_t us);
 /* Wakes Go's fetcher if it sleeps (dest.c). */
 void nasmig_wake_go(void);
 int nasmig_fill_copying(void);
-void nasmig_fill_verify(const struct nasmig_fetch_req *reqs, unsigned n,
-                        const uint8_t *const *bufs, uint8_t *results);
+uint8_t nasmig_fill_one(const struct nasmig_fetch_req *r, const uint8_t *block);
+/* fill.c: a finished read's blocks, verified and filled on fill threads. */
+struct nasmig_fill_batch {
+    struct nasmig_fill_batch *next; /* fill.c's lists */
+    uint8_t *buf;                   /* max_blocks pages, page-aligned */
+    uint64_t first;                 /* first block of the read */
+    uint64_t cookie;                /* the owner's name for the batch */
+    uint32_t nblocks, max_blocks;
+    uint32_t n, max_reqs;           /* references, and room for them */
+    struct nasmig_fetch_req *reqs;
+    uint8_t *results;               /* enum nasmig_fill_result per reference */
+};
+struct nasmig_fill_batch *nasmig_fill_batch_new(uint32_t max_blocks);
+int nasmig_fill_batch_reserve(struct nasmig_fill_batch *b, uint32_t n);
+void nasmig_fill_batch_free(struct nasmig_fill_batch *b);
+int nasmig_fill_queue(struct nasmig_fill_batch *b);
+struct nasmig_fill_batch *nasmig_fill_pop(void);
+int nasmig_fill_ready(void);
 int nasmig_fail_page(const struct nasmig_fetch_req *req);
 int nasmig_map_offers(uint32_t ramblock, uint64_t ram_offset);
 void nasmig_dest_set_disk(int src_index, int handle, uint64_t size,

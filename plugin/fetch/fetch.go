@@ -15,9 +15,9 @@ package fetch
 
 import (
 	"fmt"
-	"runtime"
+	"os"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -44,8 +44,11 @@ const (
 	// them Debug only, the end-of-migration line counts them all (a
 	// migration whose blocks were overwritten fails tens of thousands).
 	maxPageLines = 8
-	maxFillers   = 4
 )
+
+// batchIDs names every read of every fetch of this process: a read or
+// fill still out when its fetch stopped must not pass for a later fetch's.
+var batchIDs atomic.Uint64
 
 type item struct {
 	req   cshim.FetchReq
@@ -56,11 +59,10 @@ type batch struct {
 	disk    uint32
 	first   uint64 // first block
 	nblocks uint64
-	buf     *cshim.CBuf // QEMU reads into it
+	fb      *cshim.FillBatch // QEMU reads into it; C's fill threads fill from it
 	items   []item
 	retry   bool
-	id      uint64
-	results []uint8 // a filler's verdict per item (cshim.Fill*)
+	id      uint64 // fb's cookie
 }
 
 // DiskName names a source disk for error messages.
@@ -70,9 +72,13 @@ type DiskName func(srcDisk uint32) string
 type Fetcher struct {
 	log      zerolog.Logger
 	diskName DiskName
-	wakeFD   int
-	stop     chan struct{}
-	done     chan struct{}
+	// wake: the eventfd C writes to, read through Go's poller: a sleep
+	// in a blocking poll(2) held its P in a system call, which Go's system
+	// monitor took back every 20 us while another goroutine ran (7% of
+	// the destination QEMU's CPU during a fetch).
+	wake *os.File
+	stop chan struct{}
+	done chan struct{}
 
 	queued backlog
 	failed []item
@@ -81,17 +87,16 @@ type Fetcher struct {
 	// the storage's hands.
 	inflight map[uint64]*batch
 	reading  int
-	nextID   uint64
-	// Verification and fill run on fillers, not on this loop: the fill's
-	// first touch of guest RAM (the kernel zeroing each new page) costs
-	// as much CPU as the rest of the fetch, and one goroutine would
-	// serialise it.  The loop keeps the storage busy meanwhile.
-	toFill   chan *batch
-	filledMu sync.Mutex
-	filled   []*batch // back from the fillers, to account
-	free     []*cshim.CBuf
-	errs     []string
-	nerrs    int
+	// Verification and fill run on C's fill threads (cshim/fill.c), not
+	// on this loop: the fill's first touch of guest RAM (the kernel
+	// zeroing each new page) costs as much CPU as the rest of the fetch,
+	// and one thread would serialise it.  The loop keeps the storage busy
+	// meanwhile.  finished: batches back from them, to account.
+	finished []*cshim.FillBatch
+	// free: batches done with, kept with their C memory and item slices.
+	free  []*batch
+	errs  []string
+	nerrs int
 	// pageLines: failed references logged so far (maxPageLines).
 	pageLines int
 
@@ -116,7 +121,7 @@ type Fetcher struct {
 	// touch: the pages the guest touched while they waited for their
 	// reference (touch.go).
 	touch  touchState
-	reqBuf []cshim.FetchReq // popRefs' buffer
+	reqBuf []cshim.FetchReq // popRefs' buffer (C memory)
 
 	handBack handBack
 
@@ -186,53 +191,33 @@ func Start(log zerolog.Logger, diskName DiskName, o Options) (*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetch: eventfd: %w", err)
 	}
-	fillers := min(max(runtime.GOMAXPROCS(0), 1), maxFillers)
-	f := &Fetcher{log: log, diskName: diskName, wakeFD: fd, stop: make(chan struct{}), done: make(chan struct{}),
+	f := &Fetcher{log: log, diskName: diskName, wake: os.NewFile(uintptr(fd), "nasmig-fetch-wake"), stop: make(chan struct{}), done: make(chan struct{}),
 		inflight: map[uint64]*batch{}, hold: o.Hold, handBack: handBack{off: !o.HandBack},
-		toFill: make(chan *batch, maxInFlight), reqBuf: make([]cshim.FetchReq, 1024), touch: newTouchState(o.FaultFallback, o.FillAfterMax)}
+		reqBuf: cshim.NewReqBuf(1024), touch: newTouchState(o.FaultFallback, o.FillAfterMax)}
 	f.touch.drain()
-	cshim.SetWakeFD(fd)
-	for i := 0; i < fillers; i++ {
-		go f.fill()
+	if f.wake == nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("fetch: eventfd %d is not a file", fd)
 	}
+	cshim.SetWakeFD(fd)
 	go f.run()
 	return f, nil
 }
 
-// fill verifies and fills the batches whose reads completed, then hands
-// them back to the loop and wakes it.
-func (f *Fetcher) fill() {
-	for b := range f.toFill {
-		reqs := make([]cshim.FetchReq, len(b.items))
-		offs := make([]uint64, len(b.items))
-		for i := range b.items {
-			reqs[i] = b.items[i].req
-			offs[i] = (reqs[i].Block() - b.first) * cshim.PageSize
-		}
-		b.results = make([]uint8, len(reqs))
-		cshim.FillVerify(reqs, b.buf, offs, b.results)
-		// Never blocks, so the loop's send to toFill always ends.
-		f.filledMu.Lock()
-		f.filled = append(f.filled, b)
-		f.filledMu.Unlock()
-		f.wake()
-	}
-}
-
-// wake ends the loop's sleep (it polls the eventfd C writes to).
-func (f *Fetcher) wake() {
-	one := [8]byte{1}
-	unix.Write(f.wakeFD, one[:])
-}
-
-// Stop ends the worker after the reads in flight have finished (their
-// buffers belong to QEMU until then) or after a timeout.
+// Stop ends the worker after the reads and fills in flight have finished
+// (their batches belong to QEMU or the fill threads until then) or after a
+// timeout, and frees the batches it holds.
 func (f *Fetcher) Stop() {
 	close(f.stop)
 	<-f.done
-	close(f.toFill)
 	cshim.SetWakeFD(-1)
-	unix.Close(f.wakeFD)
+	f.wake.Close()
+	for _, b := range f.free {
+		b.fb.Free()
+	}
+	f.free = nil
+	cshim.FreeReqBuf(f.reqBuf)
+	f.reqBuf = nil
 }
 
 func (f *Fetcher) run() {
@@ -253,13 +238,15 @@ func (f *Fetcher) run() {
 			busy = true
 			f.issue(false)
 		}
-		f.filledMu.Lock()
-		filled := f.filled
-		f.filled = nil
-		f.filledMu.Unlock()
-		for _, b := range filled {
+		f.finished = cshim.FillPop(f.finished[:0])
+		for _, fb := range f.finished {
 			busy = true
-			f.account(b)
+			if b, ok := f.inflight[fb.Cookie()]; ok {
+				f.account(b)
+			} else {
+				// A fetch that stopped before its fill came back left it.
+				fb.Free()
+			}
 		}
 		if f.queued.len() > 0 && f.reading < f.inFlightLimit() {
 			busy = true
@@ -278,9 +265,9 @@ func (f *Fetcher) run() {
 				stopAt = time.Now()
 			}
 			if len(f.inflight) == 0 || time.Since(stopAt) > 5*time.Second {
-				// A batch still with a filler keeps its buffer: the
-				// filler finishes it into f.filled, which nobody reads
-				// any more.
+				// A batch still with QEMU keeps its memory (the read may
+				// still land); one still with the fill threads is freed
+				// by the next fetch that takes it back.
 				return
 			}
 		default:
@@ -457,20 +444,26 @@ func (f *Fetcher) sleep() {
 	if freq, fack := cshim.FlushRequest(); (cshim.FinishRequest() != 0 || freq != fack) && f.queued.len() == 0 && len(f.inflight) == 0 {
 		return
 	}
-	fds := []unix.PollFd{{Fd: int32(f.wakeFD), Events: unix.POLLIN}}
-	unix.Poll(fds, timeout)
+	// The eventfd is non-blocking, so the read parks this goroutine in Go's
+	// poller until C writes or the deadline passes.
+	f.wake.SetReadDeadline(time.Now().Add(time.Duration(timeout) * time.Millisecond))
 	var b [8]byte
-	unix.Read(f.wakeFD, b[:])
+	f.wake.Read(b[:])
 }
 
-func (f *Fetcher) buffer() (*cshim.CBuf, error) {
+// buffer is a batch to read into, a free one if there is one.
+func (f *Fetcher) buffer() (*batch, error) {
 	if n := len(f.free); n > 0 {
 		b := f.free[n-1]
 		f.free = f.free[:n-1]
 		return b, nil
 	}
-	// Outside the Go heap: QEMU writes into it from its own threads.
-	return cshim.NewCBuf(maxReadBlocks * cshim.PageSize)
+	// Outside the Go heap: QEMU and the fill threads use it from theirs.
+	fb, err := cshim.NewFillBatch(maxReadBlocks)
+	if err != nil {
+		return nil, err
+	}
+	return &batch{fb: fb}, nil
 }
 
 // issue coalesces queued items into reads of contiguous blocks, each
@@ -513,23 +506,32 @@ func (f *Fetcher) issue(retry bool) {
 	}
 }
 
-// startRead reads the blocks of items (contiguous, on one disk) into buf.
-func (f *Fetcher) startRead(buf *cshim.CBuf, items []item, retry bool) {
+// startRead reads the blocks of items (contiguous, on one disk) into b,
+// a batch from buffer.
+func (f *Fetcher) startRead(b *batch, items []item, retry bool) {
 	first, last := items[0].req, items[len(items)-1].req.Block()
-	b := &batch{disk: first.Disk(), first: first.Block(), nblocks: last - first.Block() + 1,
-		buf: buf, items: append([]item(nil), items...), retry: retry}
+	id := batchIDs.Add(1)
+	b.disk, b.first, b.nblocks, b.retry, b.id = first.Disk(), first.Block(), last-first.Block()+1, retry, id
+	b.items = append(b.items[:0], items...)
+	fb := b.fb
 	if cshim.Fault(cshim.FaultFetchStall) {
 		f.log.Warn().Dur("for", injectedStall).Msg("injected fault: the fetch stalls")
 		time.Sleep(injectedStall)
 	}
-	f.nextID++
-	id := f.nextID
-	f.inflight[id] = b
-	f.reading++
-	if err := cshim.ReadDisk(b.disk, b.first<<cshim.PageShift, buf, 0, b.nblocks*cshim.PageSize, id); err != nil {
-		delete(f.inflight, id)
-		f.reading--
-		f.free = append(f.free, buf)
+	reqs, err := fb.Prepare(id, b.first, b.nblocks, len(items))
+	if err == nil {
+		for i := range items {
+			reqs[i] = items[i].req
+		}
+		f.inflight[id] = b
+		f.reading++
+		if err = fb.Read(b.disk); err != nil {
+			delete(f.inflight, id)
+			f.reading--
+		}
+	}
+	if err != nil {
+		f.free = append(f.free, b)
 		f.fail(b.items, err.Error())
 		return
 	}
@@ -554,7 +556,7 @@ func (f *Fetcher) inFlightLimit() int {
 }
 
 // complete takes a finished storage read: a failed one fails its items,
-// a good one goes to a filler.
+// a good one goes to the fill threads.
 func (f *Fetcher) complete(id uint64, ret int64) {
 	b, ok := f.inflight[id]
 	if !ok {
@@ -563,21 +565,19 @@ func (f *Fetcher) complete(id uint64, ret int64) {
 	f.reading--
 	if ret < 0 {
 		delete(f.inflight, id)
-		f.free = append(f.free, b.buf)
+		f.free = append(f.free, b)
 		f.fail(b.items, fmt.Sprintf("storage read failed: %v", unix.Errno(-ret)))
 		return
 	}
-	b.id = id
-	f.toFill <- b
+	b.fb.Fill()
 }
 
-// account takes a batch back from a filler: counts, fails what did not
-// verify, frees its buffer.
+// account takes a batch back from the fill threads: counts, fails what
+// did not verify, frees its buffer.
 func (f *Fetcher) account(b *batch) {
 	delete(f.inflight, b.id)
-	f.free = append(f.free, b.buf)
 	var bad, unplaced []item
-	for i, r := range b.results {
+	for i, r := range b.fb.Results() {
 		switch r {
 		case cshim.FillFilled:
 			if b.retry {
@@ -590,6 +590,7 @@ func (f *Fetcher) account(b *batch) {
 			unplaced = append(unplaced, b.items[i])
 		}
 	}
+	f.free = append(f.free, b)
 	if len(bad) > 0 {
 		f.fail(bad, "block content does not match the reference's hash")
 	}

@@ -44,6 +44,17 @@ type Map struct {
 	// Content, when set, takes the content records (cshim.SetContentMode)
 	// and forgets the blocks every write touches.
 	Content *content.Index
+
+	// What this writer knows of C's tables, saving several cgo calls per
+	// record (a fetch maps every page it fills): RAM blocks and disks are
+	// only ever added, and a published forward array or reverse chunk
+	// stays where it is for the life of the process (cshim/tables.c).
+	nrb, ndisk int
+	fwd        [][]uint64   // per RAM block
+	rev        [][][]uint64 // per disk, per chunk
+	// mappedDelta: the change of C's mapped-pages counter not added yet
+	// (once per batch of records).
+	mappedDelta int64
 }
 
 // New returns the writer of the (global) shared map.
@@ -100,7 +111,70 @@ func (m *Map) popApplyLocked() int {
 	for i := 0; i < n; i++ {
 		m.apply(&m.buf[i])
 	}
+	m.flushMapped()
 	return n
+}
+
+// flushMapped adds the pages mapped and unmapped since the last call to
+// C's counter.
+func (m *Map) flushMapped() {
+	if m.mappedDelta != 0 {
+		cshim.AddMappedPages(m.mappedDelta)
+		m.mappedDelta = 0
+	}
+}
+
+func (m *Map) ramBlockKnown(rb uint32) bool {
+	if int(rb) >= m.nrb {
+		m.nrb = cshim.RAMBlockCount()
+	}
+	return int(rb) < m.nrb
+}
+
+func (m *Map) diskKnown(disk int) bool {
+	if disk >= m.ndisk {
+		m.ndisk = cshim.DiskCount()
+	}
+	return disk < m.ndisk
+}
+
+// forward is rb's forward array (nil: no such RAM block).
+func (m *Map) forward(rb uint32) []uint64 {
+	if int(rb) < len(m.fwd) && m.fwd[rb] != nil {
+		return m.fwd[rb]
+	}
+	if !m.ramBlockKnown(rb) {
+		return nil
+	}
+	f := cshim.Forward(int(rb))
+	if f != nil {
+		for len(m.fwd) <= int(rb) {
+			m.fwd = append(m.fwd, nil)
+		}
+		m.fwd[rb] = f
+	}
+	return f
+}
+
+// revChunk is chunk idx of disk's reverse index, allocated if alloc (nil:
+// none, or outside the disk).
+func (m *Map) revChunk(disk int, idx uint64, alloc bool) []uint64 {
+	if disk < len(m.rev) && idx < uint64(len(m.rev[disk])) && m.rev[disk][idx] != nil {
+		return m.rev[disk][idx]
+	}
+	chunk, err := cshim.RevChunkAt(disk, idx, alloc)
+	if err != nil || chunk == nil {
+		return nil
+	}
+	for len(m.rev) <= disk {
+		m.rev = append(m.rev, nil)
+	}
+	if uint64(len(m.rev[disk])) <= idx {
+		// RevChunkAt returned a chunk, so idx is inside the directory.
+		m.rev[disk] = append(m.rev[disk], make([][]uint64, cshim.RevChunkCount(disk)-uint64(len(m.rev[disk])))...)
+	}
+	m.rev[disk][idx] = chunk
+	return chunk
 }
 
 // Sync drains everything queued so far and, during a migration, marks every
@@ -186,8 +260,8 @@ func revPage(w uint64) (uint32, uint64, bool) {
 }
 
 func (m *Map) revSlot(disk int, block uint64, alloc bool) *uint64 {
-	chunk, err := cshim.RevChunkAt(disk, block>>cshim.RevChunkShift, alloc)
-	if err != nil || chunk == nil {
+	chunk := m.revChunk(disk, block>>cshim.RevChunkShift, alloc)
+	if chunk == nil {
 		return nil
 	}
 	return &chunk[block&(cshim.RevChunk-1)]
@@ -195,10 +269,7 @@ func (m *Map) revSlot(disk int, block uint64, alloc bool) *uint64 {
 
 // unmapPage clears page's forward word if it still maps (disk, block).
 func (m *Map) unmapPage(rb uint32, page uint64, disk int, block uint64) bool {
-	if int(rb) >= cshim.RAMBlockCount() {
-		return false
-	}
-	fwd := cshim.Forward(int(rb))
+	fwd := m.forward(rb)
 	if page >= uint64(len(fwd)) {
 		return false
 	}
@@ -209,7 +280,7 @@ func (m *Map) unmapPage(rb uint32, page uint64, disk int, block uint64) bool {
 	atomic.StoreUint64(&fwd[page], 0)
 	m.mapped.Add(-1)
 	m.perDisk[disk].Add(-1)
-	cshim.AddMappedPages(-1)
+	m.mappedDelta--
 	return true
 }
 
@@ -223,10 +294,10 @@ func (m *Map) clearRevSlot(disk int, block uint64, rb uint32, page uint64) {
 }
 
 func (m *Map) mapPage(rb uint32, page uint64, disk int, block, hash uint64) {
-	if int(rb) >= cshim.RAMBlockCount() || disk >= cshim.DiskCount() || block > cshim.FwdBlockMask {
+	if !m.diskKnown(disk) || block > cshim.FwdBlockMask {
 		return
 	}
-	fwd := cshim.Forward(int(rb))
+	fwd := m.forward(rb)
 	if page >= uint64(len(fwd)) || page+1 > cshim.RevPageMask {
 		return
 	}
@@ -262,12 +333,12 @@ func (m *Map) mapPage(rb uint32, page uint64, disk int, block, hash uint64) {
 	atomic.StoreUint64(&fwd[page], fwdWord(disk, block, hash))
 	m.mapped.Add(1)
 	m.perDisk[disk].Add(1)
-	cshim.AddMappedPages(1)
+	m.mappedDelta++
 }
 
 // invalidate drops every mapping to blocks [first, first+count) of disk.
 func (m *Map) invalidate(disk int, first, count uint64) {
-	if disk >= cshim.DiskCount() || count == 0 {
+	if !m.diskKnown(disk) || count == 0 {
 		return
 	}
 	end := first + count
@@ -281,7 +352,7 @@ func (m *Map) invalidate(disk int, first, count uint64) {
 			break
 		}
 		chunkEnd := (idx + 1) << cshim.RevChunkShift
-		chunk, _ := cshim.RevChunkAt(disk, idx, false)
+		chunk := m.revChunk(disk, idx, false)
 		if chunk == nil {
 			b = chunkEnd
 			continue
@@ -314,6 +385,7 @@ func (m *Map) invalidate(disk int, first, count uint64) {
 func (m *Map) DropRAMBlock(rb uint32) int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	defer m.flushMapped()
 	m.drainAllLocked()
 	if int(rb) >= cshim.RAMBlockCount() {
 		return 0
@@ -350,4 +422,5 @@ func (m *Map) dropAllLocked() {
 			m.Content.DropDisk(uint8(d))
 		}
 	}
+	m.flushMapped()
 }
