@@ -113,17 +113,24 @@ void nasmig_dest_set_disk(int src_index, int handle, uint64_t size, int track)
  * enters this side's map, so the next migration of the guest sends it as a
  * reference again.  A full ring only loses the mapping.
  */
-static void dest_map_filled(const struct nasmig_fetch_req *r, const void *page)
+static int dest_maps(const struct nasmig_fetch_req *r)
+{
+    return LOAD_ACQ(&nasmig_g.dest_track_map[r->src_disk]) >= 0 &&
+           nasmig_g.enabled;
+}
+
+/* track_hash: the first word of the page's hash with the tracking key. */
+static void dest_map_filled(const struct nasmig_fetch_req *r,
+                            uint64_t track_hash)
 {
     int track = LOAD_ACQ(&nasmig_g.dest_track_map[r->src_disk]);
     struct nasmig_rec *rec;
-    uint64_t h[2], pos;
+    uint64_t pos;
 
     if (track < 0 || !nasmig_g.enabled ||
         nasmig_ring_reserve(&nasmig_track_ring, 1, &pos) < 0) {
         return;
     }
-    nasmig_hash_page(&nasmig_g.key, page, h);
     rec = nasmig_ring_elem(&nasmig_track_ring, pos);
     rec->type = NASMIG_REC_MAP;
     rec->disk = (uint8_t)track;
@@ -131,7 +138,7 @@ static void dest_map_filled(const struct nasmig_fetch_req *r, const void *page)
     rec->ramblock = r->ramblock;
     rec->page = r->page;
     rec->block = r->block;
-    rec->hash = h[0];
+    rec->hash = track_hash;
     nasmig_ring_publish(&nasmig_track_ring, pos);
 }
 
@@ -331,7 +338,8 @@ static inline int fill_waits(uint32_t w)
 }
 
 /* Fills one verified page if its reference is still current. */
-static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf)
+static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf,
+                         uint64_t track_hash)
 {
     uint32_t *st = LOAD_ACQ(&nasmig_g.rb[r->ramblock].dest_state);
     uint32_t old;
@@ -363,7 +371,7 @@ static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf)
             res = NASMIG_PLACE_FAILED;
             break;
         }
-        dest_map_filled(r, buf);
+        dest_map_filled(r, track_hash);
         STORE_REL(&st[r->page], nasmig_fill_word(r->gen, NASMIG_FILL_IDLE));
         SUB(&nasmig_g.stats.pending_pages, 1);
         STAT_ADD(fetched_pages, 1);
@@ -385,7 +393,15 @@ static uint8_t fill_page(const struct nasmig_fetch_req *r, const void *buf)
  */
 uint8_t nasmig_fill_one(const struct nasmig_fetch_req *r, const uint8_t *block)
 {
-    return ref_holds(r, block) ? fill_page(r, block) : NASMIG_MISMATCH;
+    uint64_t h[2], track_hash = 0;
+
+    if (!dest_maps(r)) {
+        return ref_holds(r, block) ? fill_page(r, block, 0) : NASMIG_MISMATCH;
+    }
+    nasmig_hash_page_fill(&nasmig_g.mig_key, &nasmig_g.key, block, h,
+                          &track_hash);
+    return h[0] == r->hash[0] && h[1] == r->hash[1] ?
+           fill_page(r, block, track_hash) : NASMIG_MISMATCH;
 }
 
 static int page_waits(const uint32_t *st, uint64_t page)
@@ -527,8 +543,11 @@ void nasmig_map_if_block(const struct nasmig_fetch_req *reqs, unsigned n,
 
     for (i = 0; i < n; i++) {
         out[i] = ref_holds(&reqs[i], reqs[i].host);
-        if (out[i]) {
-            dest_map_filled(&reqs[i], reqs[i].host);
+        if (out[i] && dest_maps(&reqs[i])) {
+            uint64_t h[2];
+
+            nasmig_hash_page(&nasmig_g.key, reqs[i].host, h);
+            dest_map_filled(&reqs[i], h[0]);
         }
     }
 }

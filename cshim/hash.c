@@ -27,6 +27,12 @@ static inline uint64_t fmix64(uint64_t h)
     return h;
 }
 
+/* One NH term: a word pair of the page against two words of a key. */
+static inline uint64_t nh_term(uint32_t m0, uint32_t m1, const uint32_t *k)
+{
+    return (uint64_t)(uint32_t)(m0 + k[0]) * (uint32_t)(m1 + k[1]);
+}
+
 __attribute__((optimize("O3"), target_clones("avx2", "default")))
 void nasmig_hash_page(const struct nasmig_hash_key *key, const void *page,
                       uint64_t out[2])
@@ -37,13 +43,39 @@ void nasmig_hash_page(const struct nasmig_hash_key *key, const void *page,
     unsigned i;
 
     for (i = 0; i < NASMIG_NH_WORDS; i += 2) {
-        uint32_t m0 = m[i], m1 = m[i + 1];
-        a += (uint64_t)(uint32_t)(m0 + k[i]) * (uint32_t)(m1 + k[i + 1]);
-        b += (uint64_t)(uint32_t)(m0 + k[i + NASMIG_NH_SHIFT]) *
-             (uint32_t)(m1 + k[i + 1 + NASMIG_NH_SHIFT]);
+        a += nh_term(m[i], m[i + 1], k + i);
+        b += nh_term(m[i], m[i + 1], k + i + NASMIG_NH_SHIFT);
     }
     out[0] = fmix64(a ^ key->fin[0]);
     out[1] = fmix64(b ^ key->fin[1]);
+}
+
+/*
+ * One pass over a page for both hashes a destination's fill needs: the
+ * migration key's 128 bits (to verify the block) and the first word of the
+ * tracking key's (to map the page for the next migration).  Each equals
+ * nasmig_hash_page's with that key; three lanes instead of four, and the
+ * page read once.
+ */
+__attribute__((optimize("O3"), target_clones("avx2", "default")))
+void nasmig_hash_page_fill(const struct nasmig_hash_key *mig,
+                           const struct nasmig_hash_key *track,
+                           const void *page, uint64_t mig_out[2],
+                           uint64_t *track_out)
+{
+    const uint32_t *m = page;
+    const uint32_t *k = mig->nh, *t = track->nh;
+    uint64_t a = 0, b = 0, c = 0;
+    unsigned i;
+
+    for (i = 0; i < NASMIG_NH_WORDS; i += 2) {
+        a += nh_term(m[i], m[i + 1], k + i);
+        b += nh_term(m[i], m[i + 1], k + i + NASMIG_NH_SHIFT);
+        c += nh_term(m[i], m[i + 1], t + i);
+    }
+    mig_out[0] = fmix64(a ^ mig->fin[0]);
+    mig_out[1] = fmix64(b ^ mig->fin[1]);
+    *track_out = fmix64(c ^ track->fin[0]);
 }
 
 /* Go installs the keys it derives from the seeds (sizeof the key each). */

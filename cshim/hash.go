@@ -66,3 +66,16 @@ func HashPage(page []byte) [2]uint64 {
 	C.nasmig_hash_page(&C.nasmig_g.key, unsafe.Pointer(&page[0]), &out[0])
 	return [2]uint64{uint64(out[0]), uint64(out[1])}
 }
+
+// HashPageFill is a destination fill's one pass over a page: the
+// migration key's hash and the first word of the tracking key's (tests
+// hold it to HashPageMig and HashPage).
+func HashPageFill(page []byte) (mig [2]uint64, track uint64) {
+	if len(page) < PageSize {
+		panic("cshim: HashPageFill needs a whole page")
+	}
+	var out [2]C.uint64_t
+	var t C.uint64_t
+	C.nasmig_hash_page_fill(&C.nasmig_g.mig_key, &C.nasmig_g.key, unsafe.Pointer(&page[0]), &out[0], &t)
+	return [2]uint64{uint64(out[0]), uint64(out[1])}, uint64(t)
+}

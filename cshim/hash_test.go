@@ -301,3 +301,32 @@ func BenchmarkHashPage(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)*cshim.PageSize/b.Elapsed().Seconds()/1e9, "GB/s")
 }
+
+// A fill's one pass gives exactly the two hashes it replaces, whatever the
+// keys and the page (zero, all ones, random).
+func TestHashPageFillMatchesBoth(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	page := cshimtest.CMem(t, cshim.PageSize)
+	var migSeed [32]byte
+	cshimtest.FillRandom(r, migSeed[:])
+	cshim.SetMigKey(cshim.ExpandKey(migSeed))
+	for i := 0; i < 64; i++ {
+		switch i {
+		case 0:
+			clear(page)
+		case 1:
+			for j := range page {
+				page[j] = 0xff
+			}
+		default:
+			cshimtest.FillRandom(r, page)
+		}
+		mig, track := cshim.HashPageFill(page)
+		if want := cshim.HashPageMig(page); mig != want {
+			t.Fatalf("page %d: migration hash %x, want %x", i, mig, want)
+		}
+		if want := cshim.HashPage(page)[0]; track != want {
+			t.Fatalf("page %d: tracking hash %#x, want %#x", i, track, want)
+		}
+	}
+}

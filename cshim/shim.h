@@ -25,6 +25,10 @@ struct nasmig_hash_key {
 };
 void nasmig_hash_page(const struct nasmig_hash_key *key, const void *page,
                       uint64_t out[2]);
+void nasmig_hash_page_fill(const struct nasmig_hash_key *mig,
+                           const struct nasmig_hash_key *track,
+                           const void *page, uint64_t mig_out[2],
+                           uint64_t *track_out);
 
 /* ---- page-to-block map words ----
  * forward[page] (per RAM block):
