@@ -275,23 +275,6 @@ int nasmig_lib_before_page_write(uint32_t ramblock, uint64_t ram_offset,
     }
 }
 
-void nasmig_lib_read_done(uint64_t cookie, int ret)
-{
-    struct nasmig_fetch_done *d;
-    uint64_t pos;
-
-    /* Bounded by the reads Go keeps in flight, far below the ring size. */
-    while (nasmig_ring_reserve(&nasmig_done_ring, 1, &pos) < 0) {
-        nasmig_wake_go();
-        sched_yield();
-    }
-    d = nasmig_ring_elem(&nasmig_done_ring, pos);
-    d->cookie = cookie;
-    d->ret = ret;
-    nasmig_ring_publish(&nasmig_done_ring, pos);
-    nasmig_wake_go();
-}
-
 /* Whether page holds exactly the block r refers to (its 128-bit hash). */
 static int ref_holds(const struct nasmig_fetch_req *r, const void *page)
 {

@@ -26,12 +26,6 @@ func NewFetchReq(ramblock uint32, page uint64, disk uint32, block uint64) FetchR
 	return FetchReq{ramblock: C.uint32_t(ramblock), page: C.uint64_t(page), disk: C.uint32_t(disk), block: C.uint64_t(block)}
 }
 
-// FetchDone is one finished storage read (struct nasmig_fetch_done).
-type FetchDone C.struct_nasmig_fetch_done
-
-func (d *FetchDone) Cookie() uint64 { return uint64(d.cookie) }
-func (d *FetchDone) Ret() int64     { return int64(d.ret) }
-
 // FailPage marks a reference failed (awaiting a re-read); false if a later
 // record already replaced it.
 func FailPage(r *FetchReq) bool { return C.nasmig_fail_page((*C.struct_nasmig_fetch_req)(r)) != 0 }

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // FillBatch is one storage read of the destination and the references it
@@ -49,19 +51,27 @@ func (b *FillBatch) Prepare(cookie, first, nblocks uint64, n int) ([]FetchReq, e
 }
 
 // Read starts QEMU's read of the prepared blocks from disk into the
-// buffer; its completion comes back with the batch's cookie (DonePop).
+// buffer.  Its completion goes to the fill threads (QEMU's cookie for the
+// read is the batch itself), and FillPop returns the batch once every
+// reference has its result, or at once when the read failed (ReadErr).
 func (b *FillBatch) Read(disk uint32) error {
 	length := uint64(b.c.nblocks) << PageShift
 	off := uint64(b.c.first) << PageShift
-	if rc := C.nasmig_call_read_disk(C.uint32_t(disk), C.uint64_t(off), unsafe.Pointer(b.c.buf), C.uint64_t(length), b.c.cookie); rc < 0 {
+	b.c.ret = 0
+	cookie := C.uint64_t(uintptr(unsafe.Pointer(b.c)))
+	if rc := C.nasmig_call_read_disk(C.uint32_t(disk), C.uint64_t(off), unsafe.Pointer(b.c.buf), C.uint64_t(length), cookie); rc < 0 {
 		return fmt.Errorf("read of %d bytes at %#x of disk %d: errno %d", length, off, disk, -rc)
 	}
 	return nil
 }
 
-// Fill hands the batch, its read done, to the fill threads; FillPop
-// returns it once every reference has its result.
-func (b *FillBatch) Fill() { C.nasmig_fill_queue(b.c) }
+// ReadErr is the errno of a read that failed (0: it did not).
+func (b *FillBatch) ReadErr() unix.Errno {
+	if b.c.ret < 0 {
+		return unix.Errno(-b.c.ret)
+	}
+	return 0
+}
 
 // Cookie is the name Prepare gave the batch.
 func (b *FillBatch) Cookie() uint64 { return uint64(b.c.cookie) }
@@ -86,4 +96,10 @@ func FillPop(out []*FillBatch) []*FillBatch {
 		c = next
 	}
 	return out
+}
+
+// ReadDone completes the batch's read as QEMU does (tests, without QEMU):
+// ret 0 sends it to the fill threads, a negative errno back as failed.
+func (b *FillBatch) ReadDone(ret int) {
+	C.nasmig_lib_read_done(C.uint64_t(uintptr(unsafe.Pointer(b.c))), C.int(ret))
 }

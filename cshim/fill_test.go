@@ -1,6 +1,7 @@
 package cshim_test
 
 import (
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,7 +36,30 @@ func TestFillBatch(t *testing.T) {
 	for i := range reqs {
 		reqs[i] = cshim.NewFetchReq(0, uint64(i), 0, 12+uint64(i)) // past the read's blocks 10 and 11
 	}
-	b.Fill()
+	b.ReadDone(0)
+	got := waitFilled(t, 7)
+	for i, r := range got[0].Results() {
+		if r != cshim.FillMismatch {
+			t.Errorf("reference %d outside the read: result %d, want FillMismatch (%d)", i, r, cshim.FillMismatch)
+		}
+	}
+	if e := got[0].ReadErr(); e != 0 {
+		t.Errorf("a read that succeeded has ReadErr %v", e)
+	}
+
+	// A failed read comes back at once with its errno, nothing filled.
+	if _, err := b.Prepare(8, 10, 2, 1); err != nil {
+		t.Fatal(err)
+	}
+	b.ReadDone(-int(syscall.EIO))
+	if got := waitFilled(t, 8); got[0].ReadErr() != syscall.EIO {
+		t.Errorf("failed read: ReadErr %v, want EIO", got[0].ReadErr())
+	}
+}
+
+// waitFilled waits for the one batch the fill threads hand back.
+func waitFilled(t *testing.T, cookie uint64) []*cshim.FillBatch {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	var got []*cshim.FillBatch
 	for len(got) == 0 {
@@ -45,12 +69,8 @@ func TestFillBatch(t *testing.T) {
 		got = cshim.FillPop(got)
 		time.Sleep(time.Millisecond)
 	}
-	if len(got) != 1 || got[0].Cookie() != 7 {
-		t.Fatalf("FillPop returned %d batches, first cookie %d; want one, cookie 7", len(got), got[0].Cookie())
+	if len(got) != 1 || got[0].Cookie() != cookie {
+		t.Fatalf("FillPop returned %d batches, first cookie %d; want one, cookie %d", len(got), got[0].Cookie(), cookie)
 	}
-	for i, r := range got[0].Results() {
-		if r != cshim.FillMismatch {
-			t.Errorf("reference %d outside the read: result %d, want FillMismatch (%d)", i, r, cshim.FillMismatch)
-		}
-	}
+	return got
 }

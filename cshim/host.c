@@ -114,10 +114,6 @@ int nasmig_shim_init(unsigned ring_slots)
                                sizeof(struct nasmig_fetch_req));
     }
     if (!ret) {
-        ret = nasmig_ring_init(&nasmig_done_ring, NASMIG_DONE_RING_SLOTS,
-                               sizeof(struct nasmig_fetch_done));
-    }
-    if (!ret) {
         ret = nasmig_ring_init(&nasmig_touch_ring, NASMIG_TOUCH_RING_SLOTS,
                                sizeof(struct nasmig_touch_req));
     }

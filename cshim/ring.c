@@ -10,7 +10,7 @@
 
 #include "shim.h"
 
-struct nasmig_ring nasmig_track_ring, nasmig_req_ring, nasmig_done_ring;
+struct nasmig_ring nasmig_track_ring, nasmig_req_ring;
 struct nasmig_ring nasmig_touch_ring;
 
 int nasmig_ring_init(struct nasmig_ring *r, unsigned slots, size_t esize)
@@ -126,16 +126,11 @@ uint64_t nasmig_ring_tail(void)
 }
 
 /* ------------------------------------------------------------------ */
-/* Request and completion rings (destination). */
+/* The request and fault rings (destination). */
 
 unsigned nasmig_req_pop(struct nasmig_fetch_req *out, unsigned max)
 {
     return ring_pop(&nasmig_req_ring, out, max);
-}
-
-unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max)
-{
-    return ring_pop(&nasmig_done_ring, out, max);
 }
 
 unsigned nasmig_touch_pop(struct nasmig_touch_req *out, unsigned max)
@@ -145,11 +140,11 @@ unsigned nasmig_touch_pop(struct nasmig_touch_req *out, unsigned max)
 
 /*
  * The Go fetcher, after announcing that it sleeps: is there work it would
- * miss?  A request or completion published between its last pop and the
+ * miss?  A request, fault or finished fill published between its last pop and the
  * announcement found it awake and did not write the eventfd.
  */
 int nasmig_fetch_work_ready(void)
 {
-    return ring_ready(&nasmig_req_ring) || ring_ready(&nasmig_done_ring) ||
-           ring_ready(&nasmig_touch_ring) || nasmig_fill_ready();
+    return ring_ready(&nasmig_req_ring) || ring_ready(&nasmig_touch_ring) ||
+           nasmig_fill_ready();
 }

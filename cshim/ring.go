@@ -45,11 +45,6 @@ func ReqPop(out []FetchReq) int {
 	return int(C.nasmig_req_pop((*C.struct_nasmig_fetch_req)(&out[0]), C.uint(len(out))))
 }
 
-// DonePop moves finished reads out of the completion ring.
-func DonePop(out []FetchDone) int {
-	return int(C.nasmig_done_pop((*C.struct_nasmig_fetch_done)(&out[0]), C.uint(len(out))))
-}
-
 // WorkReady reports a request, completion or finished fill waiting (called
 // after SetSleeping: one published just before found the worker awake and
 // did not wake it).

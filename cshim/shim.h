@@ -121,7 +121,6 @@ enum nasmig_finish_state {
 
 /* Ring sizes of the destination (requests, completed reads). */
 #define NASMIG_REQ_RING_SLOTS (1u << 16)
-#define NASMIG_DONE_RING_SLOTS (1u << 10)
 /* Width of the forward word's hash filter (nasmig_h16). */
 #define NASMIG_FWD_H16_MASK 0xffffull
 enum nasmig_fill_state {
@@ -148,10 +147,6 @@ struct nasmig_touch_req {
 };
 #define NASMIG_TOUCH_RING_SLOTS (1u << 10)
 
-struct nasmig_fetch_done {
-    uint64_t cookie;
-    int64_t ret;
-};
 /* Result of a fill, per page (nasmig_fill_one). */
 enum nasmig_fill_result {
     NASMIG_FILLED = 0,
@@ -247,8 +242,8 @@ struct nasmig_ring {
     uint64_t tail __attribute__((aligned(64)));
 };
 
-/* Tracking records (struct nasmig_rec); fetch requests and completions. */
-extern struct nasmig_ring nasmig_track_ring, nasmig_req_ring, nasmig_done_ring;
+/* Tracking records (struct nasmig_rec); fetch requests. */
+extern struct nasmig_ring nasmig_track_ring, nasmig_req_ring;
 /* Faults on pages waiting for their references (struct nasmig_touch_req). */
 extern struct nasmig_ring nasmig_touch_ring;
 
@@ -281,7 +276,6 @@ uint64_t nasmig_lost_invalidations(void);
 uint64_t nasmig_lost_head(void);
 uint64_t nasmig_ring_tail(void);
 unsigned nasmig_req_pop(struct nasmig_fetch_req *out, unsigned max);
-unsigned nasmig_done_pop(struct nasmig_fetch_done *out, unsigned max);
 unsigned nasmig_touch_pop(struct nasmig_touch_req *out, unsigned max);
 /* touch.c */
 int nasmig_lib_dest_page_fault(uint32_t ramblock, uint64_t ram_offset);
@@ -299,6 +293,7 @@ struct nasmig_fill_batch {
     uint8_t *buf;                   /* max_blocks pages, page-aligned */
     uint64_t first;                 /* first block of the read */
     uint64_t cookie;                /* the owner's name for the batch */
+    int64_t ret;                    /* the read's result (< 0: -errno) */
     uint32_t nblocks, max_blocks;
     uint32_t n, max_reqs;           /* references, and room for them */
     struct nasmig_fetch_req *reqs;
@@ -307,7 +302,6 @@ struct nasmig_fill_batch {
 struct nasmig_fill_batch *nasmig_fill_batch_new(uint32_t max_blocks);
 int nasmig_fill_batch_reserve(struct nasmig_fill_batch *b, uint32_t n);
 void nasmig_fill_batch_free(struct nasmig_fill_batch *b);
-int nasmig_fill_queue(struct nasmig_fill_batch *b);
 struct nasmig_fill_batch *nasmig_fill_pop(void);
 int nasmig_fill_ready(void);
 int nasmig_fail_page(const struct nasmig_fetch_req *req);

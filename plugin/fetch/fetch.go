@@ -29,7 +29,7 @@ import (
 
 const (
 	maxReadBlocks = 256 // 1 MiB per coalesced read
-	maxInFlight   = 16  // storage reads in flight
+	maxInFlight   = 16  // batches out: being read, or filled
 	// After the switch to postcopy a read for a page the guest touched
 	// queues behind the background reads in flight: fewer of them (4 MiB
 	// is 3 ms on a 10 Gbit/s link, 33 ms on 1 Gbit/s), and while the guest
@@ -82,11 +82,9 @@ type Fetcher struct {
 
 	queued backlog
 	failed []item
-	// inflight: every batch from its read until its fill is accounted
-	// (sync points and the gate wait for it); reading: those still in
-	// the storage's hands.
+	// inflight: every batch from its read until the fill threads hand it
+	// back (sync points and the gate wait for it).
 	inflight map[uint64]*batch
-	reading  int
 	// Verification and fill run on C's fill threads (cshim/fill.c), not
 	// on this loop: the fill's first touch of guest RAM (the kernel
 	// zeroing each new page) costs as much CPU as the rest of the fetch,
@@ -222,33 +220,31 @@ func (f *Fetcher) Stop() {
 
 func (f *Fetcher) run() {
 	defer close(f.done)
-	dones := make([]cshim.FetchDone, 64)
 	var stopAt time.Time
+	var back []*batch
 	for {
 		busy := f.popRefs()
-		if n := cshim.DonePop(dones); n > 0 {
-			busy = true
-			for i := 0; i < n; i++ {
-				f.complete(dones[i].Cookie(), dones[i].Ret())
-			}
-		}
-		// Refill before accounting fills: the storage keeps reading while
-		// the fillers work.
-		if f.queued.len() > 0 && f.reading < f.inFlightLimit() {
-			busy = true
-			f.issue(false)
-		}
+		back = back[:0]
 		f.finished = cshim.FillPop(f.finished[:0])
 		for _, fb := range f.finished {
 			busy = true
 			if b, ok := f.inflight[fb.Cookie()]; ok {
-				f.account(b)
+				delete(f.inflight, b.id)
+				back = append(back, b)
 			} else {
 				// A fetch that stopped before its fill came back left it.
 				fb.Free()
 			}
 		}
-		if f.queued.len() > 0 && f.reading < f.inFlightLimit() {
+		// Refill before accounting: the storage keeps reading meanwhile.
+		if f.queued.len() > 0 && len(f.inflight) < f.inFlightLimit() {
+			busy = true
+			f.issue(false)
+		}
+		for _, b := range back {
+			f.account(b)
+		}
+		if f.queued.len() > 0 && len(f.inflight) < f.inFlightLimit() {
 			busy = true
 			f.issue(false)
 		}
@@ -496,7 +492,7 @@ const injectedStall = 3 * time.Second
 // maxInFlight are in flight (a final re-read starts them all).
 func (f *Fetcher) issue(retry bool) {
 	f.queued.flush()
-	for f.queued.len() > 0 && (f.reading < f.inFlightLimit() || retry) {
+	for f.queued.len() > 0 && (len(f.inflight) < f.inFlightLimit() || retry) {
 		buf, err := f.buffer()
 		if err != nil {
 			f.log.Error().Err(err).Msg("no buffer for a storage read; retrying later")
@@ -524,10 +520,8 @@ func (f *Fetcher) startRead(b *batch, items []item, retry bool) {
 			reqs[i] = items[i].req
 		}
 		f.inflight[id] = b
-		f.reading++
 		if err = fb.Read(b.disk); err != nil {
 			delete(f.inflight, id)
-			f.reading--
 		}
 	}
 	if err != nil {
@@ -555,27 +549,15 @@ func (f *Fetcher) inFlightLimit() int {
 	return maxInFlight
 }
 
-// complete takes a finished storage read: a failed one fails its items,
-// a good one goes to the fill threads.
-func (f *Fetcher) complete(id uint64, ret int64) {
-	b, ok := f.inflight[id]
-	if !ok {
-		return
-	}
-	f.reading--
-	if ret < 0 {
-		delete(f.inflight, id)
-		f.free = append(f.free, b)
-		f.fail(b.items, fmt.Sprintf("storage read failed: %v", unix.Errno(-ret)))
-		return
-	}
-	b.fb.Fill()
-}
-
-// account takes a batch back from the fill threads: counts, fails what
-// did not verify, frees its buffer.
+// account takes a batch back from the fill threads (out of inflight):
+// fails the items of a read that failed or did not verify, counts, frees
+// its buffer.
 func (f *Fetcher) account(b *batch) {
-	delete(f.inflight, b.id)
+	if errno := b.fb.ReadErr(); errno != 0 {
+		f.free = append(f.free, b)
+		f.fail(b.items, fmt.Sprintf("storage read failed: %v", errno))
+		return
+	}
 	var bad, unplaced []item
 	for i, r := range b.fb.Results() {
 		switch r {
