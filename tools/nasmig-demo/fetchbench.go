@@ -264,6 +264,9 @@ func fetchSummary(o options, rows []fetchRow) string {
 	if o.hostMemory != "" {
 		fmt.Fprintf(&b, "host memory: %s\n", o.hostMemory)
 	}
+	if o.build != "" {
+		fmt.Fprintln(&b, o.build)
+	}
 	b.WriteString("\n")
 	b.WriteString("| network | runs ok | references | MiB fetched | mean read KiB | read amplification | fetch MB/s " +
 		"| plain reader MB/s | fetch / plain | first touch MB/s | restore ms | CPU s per GiB: fetch (QEMU + daemon) | plain reader (qemu-img + daemon) |\n")

@@ -209,6 +209,7 @@ type options struct {
 	warmMemory   bool
 	warmBytes    int64  // memory touched before each run (0: none)
 	hostMemory   string // what was done about the machine's free page reporting
+	build        string // buildLine: what was measured
 	disk         string // the data disk image the guest reads
 	diskKind     string // synthetic or real
 	diskInfo     string // what the real disk holds, for the results
@@ -366,6 +367,8 @@ func demo(o *options, say io.Writer) ([]row, []fetchRow, error) {
 	} else {
 		step("the data disk holds %d MiB of files; the guest will read %d MiB of them", dataMiB, o.mib)
 	}
+	o.build = buildLine(env)
+	step("%s", o.build)
 	bandwidth := "unlimited"
 	if o.maxBandwidth > 0 {
 		bandwidth = fmt.Sprintf("%d bytes/s (%.1f MiB/s)", o.maxBandwidth, float64(o.maxBandwidth)/(1<<20))
@@ -1052,6 +1055,9 @@ func printSummary(w io.Writer, o options, rows []row) {
 	fmt.Fprintf(w, "data disk: %s\n", o.diskDescription())
 	if o.hostMemory != "" {
 		fmt.Fprintf(w, "host memory: %s\n", o.hostMemory)
+	}
+	if o.build != "" {
+		fmt.Fprintln(w, o.build)
 	}
 	for _, p := range o.profiles {
 		if prof, ok := harness.NetProfileByName(p); ok {

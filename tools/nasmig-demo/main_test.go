@@ -1,8 +1,12 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"nasmig/tests/harness"
 )
 
 func TestRealDiskInfo(t *testing.T) {
@@ -109,5 +113,22 @@ func TestSwitchMs(t *testing.T) {
 		if got := switchMs(c.timeline, c.total); got != c.want {
 			t.Errorf("%s: switchMs = %d, want %d", c.name, got, c.want)
 		}
+	}
+}
+
+// The build line says what it could not find instead of guessing.
+func TestBuildLineUnknown(t *testing.T) {
+	dir := t.TempDir()
+	got := buildLine(harness.Env{Out: dir})
+	if !strings.HasPrefix(got, "build: unknown; libnasmig.so unknown; ") {
+		t.Fatalf("buildLine with no binaries: %q", got)
+	}
+	lib := filepath.Join(dir, "libnasmig.so")
+	if err := os.WriteFile(lib, []byte("not a library"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// sha256("not a library"), its first 16 hex digits.
+	if got := buildLine(harness.Env{Out: dir}); !strings.Contains(got, "libnasmig.so sha256 f6bb034ecdd65239;") {
+		t.Fatalf("buildLine with a library: %q", got)
 	}
 }
