@@ -25,6 +25,7 @@ static pthread_cond_t fill_cond = PTHREAD_COND_INITIALIZER;
 /* Queued batches (FIFO), and finished ones for Go (any order). */
 static struct nasmig_fill_batch *fill_head, *fill_tail, *fill_done;
 static int fill_nthreads; /* started; 0: none yet, -1: could not start */
+static int64_t fill_batches_live; /* allocated and not freed (tests) */
 
 static void fill_batch(struct nasmig_fill_batch *b)
 {
@@ -180,6 +181,7 @@ struct nasmig_fill_batch *nasmig_fill_batch_new(uint32_t max_blocks)
     }
     b->buf = buf;
     b->max_blocks = max_blocks;
+    __atomic_add_fetch(&fill_batches_live, 1, __ATOMIC_RELAXED);
     if (nasmig_fill_batch_reserve(b, max_blocks) < 0) {
         nasmig_fill_batch_free(b);
         return NULL;
@@ -224,4 +226,11 @@ void nasmig_fill_batch_free(struct nasmig_fill_batch *b)
     free(b->reqs);
     free(b->results);
     free(b);
+    __atomic_sub_fetch(&fill_batches_live, 1, __ATOMIC_RELAXED);
+}
+
+/* Batches allocated and not freed: a fetch that stopped holds none. */
+int64_t nasmig_fill_batches_live(void)
+{
+    return __atomic_load_n(&fill_batches_live, __ATOMIC_RELAXED);
 }

@@ -86,6 +86,10 @@ func (b *FillBatch) Bytes() []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(b.c.buf)), int(b.c.max_blocks)<<PageShift)
 }
 
+// FillBatchesLive counts the batches allocated and not freed (tests: a
+// fetch that stopped holds none).
+func FillBatchesLive() int64 { return int64(C.nasmig_fill_batches_live()) }
+
 // FillPop appends the batches the fill threads finished to out.  One that
 // is not the caller's (its fetch stopped before it came back) is the
 // caller's to free.

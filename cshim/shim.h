@@ -304,6 +304,7 @@ int nasmig_fill_batch_reserve(struct nasmig_fill_batch *b, uint32_t n);
 void nasmig_fill_batch_free(struct nasmig_fill_batch *b);
 struct nasmig_fill_batch *nasmig_fill_pop(void);
 int nasmig_fill_ready(void);
+int64_t nasmig_fill_batches_live(void);
 int nasmig_fail_page(const struct nasmig_fetch_req *req);
 int nasmig_map_offers(uint32_t ramblock, uint64_t ram_offset);
 void nasmig_dest_set_disk(int src_index, int handle, uint64_t size,

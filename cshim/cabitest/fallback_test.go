@@ -53,6 +53,11 @@ func startDestination(t *testing.T, name string, npages int, seed uint64, hold, 
 	t.Cleanup(func() {
 		cshim.SetDestOn(false)
 		f.Stop()
+		// Every read ended before Stop returned: it freed every batch
+		// (each incoming migration once kept its read buffers, 16 MiB).
+		if n := cshim.FillBatchesLive(); n != 0 {
+			t.Errorf("%d read batches left after the fetch stopped", n)
+		}
 	})
 	return d
 }
