@@ -140,8 +140,8 @@ unsigned nasmig_touch_pop(struct nasmig_touch_req *out, unsigned max)
 
 /*
  * The Go fetcher, after announcing that it sleeps: is there work it would
- * miss?  A request, fault or finished fill published between its last pop and the
- * announcement found it awake and did not write the eventfd.
+ * miss?  A request, fault or finished fill published between its last pop
+ * and the announcement found it awake and did not write the eventfd.
  */
 int nasmig_fetch_work_ready(void)
 {

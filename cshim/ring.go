@@ -45,7 +45,7 @@ func ReqPop(out []FetchReq) int {
 	return int(C.nasmig_req_pop((*C.struct_nasmig_fetch_req)(&out[0]), C.uint(len(out))))
 }
 
-// WorkReady reports a request, completion or finished fill waiting (called
+// WorkReady reports a request, fault or finished fill waiting (called
 // after SetSleeping: one published just before found the worker awake and
 // did not wake it).
 func WorkReady() bool { return C.nasmig_fetch_work_ready() != 0 }

@@ -119,7 +119,7 @@ enum nasmig_finish_state {
     NASMIG_FINISH_FAILED = 2,
 };
 
-/* Ring sizes of the destination (requests, completed reads). */
+/* Ring size of the destination's requests. */
 #define NASMIG_REQ_RING_SLOTS (1u << 16)
 /* Width of the forward word's hash filter (nasmig_h16). */
 #define NASMIG_FWD_H16_MASK 0xffffull

@@ -62,7 +62,6 @@ type batch struct {
 	fb      *cshim.FillBatch // QEMU reads into it; C's fill threads fill from it
 	items   []item
 	retry   bool
-	id      uint64 // fb's cookie
 }
 
 // DiskName names a source disk for error messages.
@@ -193,10 +192,6 @@ func Start(log zerolog.Logger, diskName DiskName, o Options) (*Fetcher, error) {
 		inflight: map[uint64]*batch{}, hold: o.Hold, handBack: handBack{off: !o.HandBack},
 		reqBuf: cshim.NewReqBuf(1024), touch: newTouchState(o.FaultFallback, o.FillAfterMax)}
 	f.touch.drain()
-	if f.wake == nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("fetch: eventfd %d is not a file", fd)
-	}
 	cshim.SetWakeFD(fd)
 	go f.run()
 	return f, nil
@@ -229,7 +224,7 @@ func (f *Fetcher) run() {
 		for _, fb := range f.finished {
 			busy = true
 			if b, ok := f.inflight[fb.Cookie()]; ok {
-				delete(f.inflight, b.id)
+				delete(f.inflight, fb.Cookie())
 				back = append(back, b)
 			} else {
 				// A fetch that stopped before its fill came back left it.
@@ -507,7 +502,7 @@ func (f *Fetcher) issue(retry bool) {
 func (f *Fetcher) startRead(b *batch, items []item, retry bool) {
 	first, last := items[0].req, items[len(items)-1].req.Block()
 	id := batchIDs.Add(1)
-	b.disk, b.first, b.nblocks, b.retry, b.id = first.Disk(), first.Block(), last-first.Block()+1, retry, id
+	b.disk, b.first, b.nblocks, b.retry = first.Disk(), first.Block(), last-first.Block()+1, retry
 	b.items = append(b.items[:0], items...)
 	fb := b.fb
 	if cshim.Fault(cshim.FaultFetchStall) {
